@@ -56,8 +56,9 @@ class ExecutionResult:
 
 
 # A host-side effect a built-in model runs inside the compute phase of every
-# execution, given the number of requests in the batch (sleep, leak).
-SideEffect = Callable[[int], None]
+# execution, given the number of requests in the batch and the batch size in
+# samples (sleep, leak).
+SideEffect = Callable[[int, int], None]
 
 
 @dataclass

@@ -1,0 +1,57 @@
+# modelsoak — what the README and CI call.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.modelsoak-installed
+
+.PHONY: setup demo test test-fast bench proto lint stack system-deps clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	mkdir -p .tools/protobuf-latest
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .tools/protobuf-latest 'protobuf>=6.31.1'
+	touch $(STAMP)
+
+# The main job on an embedded default: server with a built-in model, a short
+# headless load test, a report and a verdict.
+demo: setup
+	$(PY) -m loadgen.demo
+
+# Debian packages the tests use: Prometheus (with promtool) and the Pushgateway.
+system-deps:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
+	    || ! command -v prometheus-pushgateway >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends prometheus prometheus-pushgateway >/dev/null; \
+	fi
+
+test: setup system-deps
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) -m bench
+
+proto: setup
+	$(PY) -m server.proto.generate
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy server loadgen exporters bench
+
+stack: setup system-deps
+	$(PY) -m exporters.stack
+
+clean:
+	rm -rf $(VENV) .tools build *.egg-info .pytest_cache .mypy_cache .ruff_cache

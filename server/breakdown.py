@@ -1,0 +1,64 @@
+"""The server-side timing breakdown carried in response parameters.
+
+Our server adds these int64 parameters to every ModelInferResponse (and to
+TorchServe JSON responses under "parameters") so that a client can join the
+server's view of a request to its own latency. Other servers do not send them;
+`parse` then returns None and reports say the breakdown is not available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from server.stats import RequestTiming
+
+PREFIX = "modelsoak_"
+# Phase -> parameter name; values are nanoseconds.
+PHASE_KEYS = {
+    "queue": PREFIX + "queue_ns",
+    "batch_assembly": PREFIX + "batch_assembly_ns",
+    "h2d": PREFIX + "h2d_ns",
+    "compute": PREFIX + "compute_ns",
+    "d2h": PREFIX + "d2h_ns",
+    "total": PREFIX + "server_total_ns",
+}
+BATCH_SIZE_KEY = PREFIX + "batch_size"
+BATCH_REQUESTS_KEY = PREFIX + "batch_requests"
+CLOCK_KEY = PREFIX + "clock"
+
+
+def as_dict(t: RequestTiming) -> dict[str, int | str]:
+    """The parameters for one request's timing."""
+    out: dict[str, int | str] = {key: t.phase_ns(phase) for phase, key in PHASE_KEYS.items()}
+    out[BATCH_SIZE_KEY] = t.batch_size
+    out[BATCH_REQUESTS_KEY] = t.batch_requests
+    out[CLOCK_KEY] = t.clock
+    return out
+
+
+def fill_parameters(params: Any, t: RequestTiming) -> None:
+    """Write the breakdown into a protobuf map<string, InferParameter>."""
+    for phase, key in PHASE_KEYS.items():
+        params[key].int64_param = t.phase_ns(phase)
+    params[BATCH_SIZE_KEY].int64_param = t.batch_size
+    params[BATCH_REQUESTS_KEY].int64_param = t.batch_requests
+    params[CLOCK_KEY].string_param = t.clock
+
+
+def parse(params: Mapping[str, Any]) -> dict[str, int] | None:
+    """Phase -> ns from a response's parameters (protobuf map or JSON dict);
+    None when the server sent no breakdown."""
+    if PHASE_KEYS["total"] not in params:
+        return None
+    out: dict[str, int] = {}
+    for phase, key in PHASE_KEYS.items():
+        value = params.get(key) if hasattr(params, "get") else params[key]
+        if value is None:
+            continue
+        out[phase] = int(value.int64_param if hasattr(value, "int64_param") else value)
+    for name, key in (("batch_size", BATCH_SIZE_KEY), ("batch_requests", BATCH_REQUESTS_KEY)):
+        if key in params:
+            v = params[key]
+            out[name] = int(v.int64_param if hasattr(v, "int64_param") else v)
+    return out

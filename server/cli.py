@@ -1,0 +1,141 @@
+"""`python -m server` / `modelsoak-server`: flags on top of MODELSOAK_SERVER_* settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.config import ServerSettings
+
+log = logging.getLogger("modelsoak.server")
+
+
+def _param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param {text!r}: expected KEY=VALUE, e.g. sleep_ms=20")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelsoak-server",
+        description="gRPC inference server (KServe v2 / Triton extensions / TorchServe API) with "
+        "per-request timing and memory probes. Every flag also reads from MODELSOAK_SERVER_<NAME>.",
+    )
+    a = p.add_argument
+    a("--model", help="built-in name, .onnx / TorchScript file, repository dir or config file")
+    a("--backend", choices=["onnx", "torch"])
+    a("--device", choices=["auto", "cpu", "cuda"])
+    a("--host", help="address to bind (default 127.0.0.1)")
+    a("--grpc-port", type=int, help="gRPC port, 0 = pick a free one (default 8001)")
+    a("--metrics-port", type=int, help="HTTP metrics port, 0 = pick, -1 = off (default 8002)")
+    a("--max-batch-size", type=int, help="largest batch formed; 0 = no batching")
+    a("--max-queue-delay-us", type=int, help="batcher wait for a batch to fill (default 500)")
+    a("--max-queue-size", type=int, help="queued requests per model before RESOURCE_EXHAUSTED")
+    a("--instances", type=int, help="model instances per model (default 1)")
+    a("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
+    a("--grpc-threads", type=int, help="handler threads = max concurrent RPCs (default 256)")
+    a("--param", type=_param, action="append", metavar="KEY=VALUE", help="model parameter")
+    a("--input", action="append", metavar="NAME:DTYPE:DIMS", help="input spec (TorchScript)")
+    a("--output", action="append", metavar="NAME:DTYPE:DIMS", help="output spec (TorchScript)")
+    a("--no-probes", action="store_true", help="no timing breakdown or statistics")
+    a("--memory-interval-s", type=float, help="memory sampling period (default 1 s)")
+    a("--leak-warmup-s", type=float, help="leak detector warm-up (default 60 s)")
+    a("--profile-requests", type=int, help="profile the first N requests")
+    a("--profile-dir", type=Path, help="where profiles go (default ./profiles)")
+    a("--grace-s", type=float, help="drain period after SIGTERM (default 30 s)")
+    a("--cache-dir", type=Path, help="built-in model cache")
+    a("--log-level", help="DEBUG, INFO, WARNING ...")
+    a("--port-file", type=Path, help="write the bound ports as JSON to this file")
+    a("--list-models", action="store_true", help="list the built-in models and exit")
+    a("--prepare-only", action="store_true", help="export/cache the model(s), then exit")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    given: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if value is None or key in ("param", "input", "output", "no_probes", "port_file",
+                                    "list_models", "prepare_only"):  # fmt: skip
+            continue
+        given[key] = value
+    if args.param:
+        given["params"] = dict(args.param)
+    if args.input:
+        given["inputs"] = args.input
+    if args.output:
+        given["outputs"] = args.output
+    if args.no_probes:
+        given["probes"] = False
+    return ServerSettings(**given)
+
+
+def _list_models() -> int:
+    from server.builtin import BUILTIN_MODELS
+
+    for name, model in BUILTIN_MODELS.items():
+        print(f"{name}\n    {model.description}\n    params: {model.defaults}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_models:
+        return _list_models()
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"modelsoak-server: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from server.app import InferenceServer, describe_ports
+    from server.backends import ModelLoadError
+    from server.repository import RepositoryError
+
+    server = InferenceServer(settings)
+    try:
+        if args.prepare_only:
+            server.core.load_all()
+            print("prepared: " + ", ".join(i.name for i in server.core.model_infos()))
+            return 0
+        server.start()
+    except (ModelLoadError, RepositoryError, OSError) as exc:
+        print(f"modelsoak-server: cannot start: {exc}", file=sys.stderr)
+        return 2
+    print(describe_ports(server), flush=True)
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"grpc": server.grpc_port, "metrics": server.metrics_port,
+                                   "pid": os.getpid()}))  # fmt: skip
+        tmp.replace(args.port_file)
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %s: draining (grace %.0f s)", signal.Signals(signum).name, settings.grace_s)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,116 @@
+"""The server's settings: environment (MODELSOAK_SERVER_*), then CLI flags on top."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_device() -> str:
+    """cuda when a CUDA device is usable, else cpu (checked without importing torch
+    when no NVIDIA driver is present, which keeps start-up fast on CPU hosts)."""
+    if not (Path("/proc/driver/nvidia").exists() or os.environ.get("CUDA_VISIBLE_DEVICES")):
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+class ServerSettings(BaseSettings):
+    """Settings of `python -m server` / `modelsoak-server`."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELSOAK_SERVER_", extra="forbid")
+
+    model: str = "identity"
+    """What to serve: a built-in model name (see --list-models), an .onnx file, a
+    TorchScript file, a model repository directory, or a repository config file
+    (.yaml/.yml/.json)."""
+
+    backend: Literal["onnx", "torch"] = "onnx"
+    """Framework that runs the models: ONNX Runtime or torch (eager / TorchScript)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where models run; auto picks cuda when a CUDA device is present."""
+
+    host: str = "127.0.0.1"
+    """Address the gRPC and metrics ports bind to (0.0.0.0 in a container)."""
+
+    grpc_port: int = 8001
+    """gRPC port for every protocol (KServe v2, Triton extensions, TorchServe,
+    health, reflection); 0 picks a free port."""
+
+    metrics_port: int = 8002
+    """HTTP port for /metrics (Prometheus) and /profile; 0 picks a free port, -1
+    disables it."""
+
+    max_batch_size: int | None = None
+    """Largest batch the dynamic batcher forms (samples); 0 disables batching;
+    unset: the model's own default."""
+
+    max_queue_delay_us: int = Field(500, ge=0)
+    """How long the batcher waits for a batch to fill, from the oldest request's
+    arrival, in microseconds."""
+
+    max_queue_size: int = Field(1024, ge=0)
+    """Requests that may wait per model; more are refused with RESOURCE_EXHAUSTED
+    at once. 0: unbounded."""
+
+    instances: int = Field(1, ge=1)
+    """Model instances per model that execute side by side."""
+
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest gRPC message received or sent; bigger ones are refused with
+    RESOURCE_EXHAUSTED by gRPC."""
+
+    grpc_threads: int = Field(256, ge=4)
+    """Handler threads; each in-flight request holds one, so this bounds the
+    concurrency the server accepts (further RPCs get RESOURCE_EXHAUSTED)."""
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Parameters for the model (built-in parameters such as sleep_ms or
+    leak_bytes, and backend options such as threads)."""
+
+    inputs: list[str] = Field(default_factory=list)
+    """Input specs NAME:DATATYPE:DIMS for models without shape information
+    (TorchScript files), e.g. INPUT0:FP32:-1x3x224x224."""
+
+    outputs: list[str] = Field(default_factory=list)
+    """Output specs, as for inputs; inferred from a trial run when absent."""
+
+    probes: bool = True
+    """Record the per-request timing breakdown and statistics, and return the
+    breakdown in response parameters."""
+
+    memory_interval_s: float = Field(1.0, gt=0)
+    """Seconds between samples of process and GPU memory."""
+
+    leak_warmup_s: float = Field(60.0, ge=0)
+    """Memory samples of the first seconds after start-up that the in-server
+    leak detector ignores (caches and allocators fill up then)."""
+
+    profile_requests: int = Field(0, ge=0)
+    """Profile the first N requests after start-up (0: off); a running server is
+    profiled with POST /profile?model=NAME&requests=N on the metrics port."""
+
+    profile_dir: Path = Path("profiles")
+    """Where profiles (Chrome traces and summaries) are written."""
+
+    grace_s: float = Field(30.0, ge=0)
+    """After SIGTERM: seconds in-flight requests get to finish before exit."""
+
+    cache_dir: Path | None = None
+    """Where built-in models are exported and cached (default
+    ~/.cache/modelsoak/models, or MODELSOAK_CACHE_DIR)."""
+
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    def resolved_device(self) -> str:
+        return default_device() if self.device == "auto" else self.device

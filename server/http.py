@@ -1,0 +1,103 @@
+"""The server's HTTP port: Prometheus /metrics, JSON /stats, /profile and /healthz."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlparse
+
+from prometheus_client.exposition import choose_encoder
+
+from server.errors import ServingError
+
+if TYPE_CHECKING:
+    from server.app import ServerCore
+
+log = logging.getLogger("modelsoak.http")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: Prometheus scrapes often
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, code: int, doc: Any) -> None:
+        self._send(code, json.dumps(doc, indent=2).encode() + b"\n", "application/json")
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        core = self.server.core
+        if url.path == "/metrics":
+            encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+            body = encoder(self.server.registry)
+            extra = self.server.extra_text()
+            if extra and ctype.startswith("text/plain"):
+                body += extra.encode()
+            self._send(200, body, ctype)
+        elif url.path == "/stats":
+            from exporters.server_metrics import stats_document
+
+            self._json(200, stats_document(core))
+        elif url.path == "/profile":
+            self._json(200, {"jobs": [j.as_dict() for j in core.profiler.jobs()]})
+        elif url.path in ("/healthz", "/readyz"):
+            ok = core.ready() if url.path == "/readyz" else True
+            self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n", "text/plain")
+        else:
+            self._json(404, {"error": f"no route {url.path}; try /metrics, /stats, /profile, /healthz"})
+
+    def do_POST(self) -> None:
+        url = urlparse(self.path)
+        if url.path != "/profile":
+            self._json(404, {"error": f"no route POST {url.path}; try POST /profile?model=NAME&requests=N"})
+            return
+        query = parse_qs(url.query)
+        model = (query.get("model") or [""])[0]
+        if not model:
+            loaded = self.server.core.model_infos()
+            model = loaded[0].name if len(loaded) == 1 else ""
+        try:
+            requests = int((query.get("requests") or ["100"])[0])
+        except ValueError:
+            self._json(400, {"error": "requests must be an integer, e.g. /profile?requests=100"})
+            return
+        if not model:
+            self._json(400, {"error": "several models are served; name one with ?model=NAME"})
+            return
+        try:
+            job = self.server.core.profiler.start(model, requests)
+        except ServingError as exc:
+            self._json(404 if exc.code.name == "NOT_FOUND" else 400, {"error": exc.message})
+            return
+        self._json(202, job.as_dict())
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    core: ServerCore
+    registry: Any
+    extra_text: Any
+
+
+def start_http(core: ServerCore, host: str, port: int) -> _HTTPServer:
+    """Serve the metrics port in a daemon thread; returns the bound server."""
+    from exporters.server_metrics import build_registry, triton_gpu_text
+
+    httpd = _HTTPServer((host, port), _Handler)
+    httpd.core = core
+    httpd.registry = build_registry(core)
+    httpd.extra_text = lambda: triton_gpu_text(core)
+    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+    return httpd

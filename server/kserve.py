@@ -1,0 +1,237 @@
+"""The KServe v2 / Open Inference Protocol servicer, with Triton's extensions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from server import __version__, breakdown, dtypes, tensors
+from server.errors import ServingError, status_name
+from server.proto import grpc_service_pb2 as pb
+from server.proto import grpc_service_pb2_grpc as pb_grpc
+from server.proto import model_config_pb2 as mc
+from server.repository import ServedModel
+from server.stats import Duration, StatsSnapshot
+
+if TYPE_CHECKING:
+    from server.app import ServerCore
+
+log = logging.getLogger(__name__)
+
+# Extensions of the protocol this server implements (names as Triton reports them).
+EXTENSIONS = ["model_configuration", "model_repository", "statistics", "parameters"]
+
+# grpc reports "no deadline" as a very large time remaining.
+_NO_DEADLINE_S = 1e7
+
+
+def _timeout(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE_S else float(remaining)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+
+    # -- health and metadata ----------------------------------------------------
+
+    def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.core.ready())
+
+    def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            self.core.registry.get(request.name, request.version)
+        except ServingError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                context.abort(exc.code, exc.message)
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=not self.core.draining)
+
+    def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="modelsoak", version=__version__, extensions=EXTENSIONS)
+
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self._model(request.name, request.version, context)
+        info = model.info
+        resp = pb.ModelMetadataResponse(name=info.name, versions=[info.version], platform=info.platform)
+        for spec, target in ((info.inputs, resp.inputs), (info.outputs, resp.outputs)):
+            for t in spec:
+                target.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+        return resp
+
+    # -- inference ---------------------------------------------------------------
+
+    def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInferResponse:
+        start = time.perf_counter_ns()
+        model: ServedModel | None = None
+        try:
+            model = self.core.model_for_inference(request.model_name, request.model_version)
+            return self._infer(model, request, _timeout(context), start)
+        except ServingError as exc:
+            if model is not None and self.core.settings.probes:
+                model.stats.record_failure(status_name(exc.code), time.perf_counter_ns() - start)
+            context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    def _infer(
+        self, model: ServedModel, request: pb.ModelInferRequest, timeout: float | None, start: int
+    ) -> pb.ModelInferResponse:
+        info = model.info
+        inputs, batch, typed = tensors.decode_inputs(request, info)
+        wanted = tensors.requested_outputs(request, info)
+        outputs, timing = model.scheduler.infer(inputs, batch, wanted, timeout)
+        resp = pb.ModelInferResponse(model_name=info.name, model_version=info.version, id=request.id)
+        tensors.encode_outputs(resp, outputs, typed)
+        if timing is not None:
+            timing.total_ns = time.perf_counter_ns() - start
+            breakdown.fill_parameters(resp.parameters, timing)
+            model.stats.record_success(timing, batch)
+        return resp
+
+    def ModelStreamInfer(
+        self, request_iterator: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        for request in request_iterator:
+            start = time.perf_counter_ns()
+            model: ServedModel | None = None
+            try:
+                model = self.core.model_for_inference(request.model_name, request.model_version)
+                resp = self._infer(model, request, _timeout(context), start)
+                yield pb.ModelStreamInferResponse(infer_response=resp)
+            except ServingError as exc:
+                if model is not None and self.core.settings.probes:
+                    model.stats.record_failure(status_name(exc.code), time.perf_counter_ns() - start)
+                yield pb.ModelStreamInferResponse(
+                    error_message=f"{status_name(exc.code)}: {exc.message}",
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, model_version=request.model_version, id=request.id
+                    ),
+                )
+
+    # -- Triton extensions ---------------------------------------------------------
+
+    def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        model = self._model(request.name, request.version, context)
+        return pb.ModelConfigResponse(config=model_config(model))
+
+    def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            models = [self._model(request.name, request.version, context)]
+        else:
+            models = sorted(self.core.registry.loaded(), key=lambda m: (m.info.name, m.info.version))
+        resp = pb.ModelStatisticsResponse()
+        for m in models:
+            fill_statistics(resp.model_stats.add(), m.stats.snapshot())
+        return resp
+
+    def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        resp = pb.RepositoryIndexResponse()
+        for entry, state, reason in self.core.registry.index():
+            if request.ready and state != "READY":
+                continue
+            resp.models.add(name=entry.name, version=entry.version, state=state, reason=reason)
+        return resp
+
+    def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        try:
+            self.core.load_model(request.model_name)
+        except ServingError as exc:
+            context.abort(exc.code, exc.message)
+        except Exception as exc:  # a model that fails to load is the caller's news, not a crash
+            context.abort(grpc.StatusCode.INTERNAL, f"loading '{request.model_name}' failed: {exc}")
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        try:
+            self.core.unload_model(request.model_name)
+        except ServingError as exc:
+            context.abort(exc.code, exc.message)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _model(self, name: str, version: str, context: grpc.ServicerContext) -> ServedModel:
+        try:
+            return self.core.registry.get(name, version)
+        except ServingError as exc:
+            context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+
+def model_config(model: ServedModel) -> mc.ModelConfig:
+    """Triton's ModelConfig view of a served model. Dims exclude the batch
+    dimension when the model batches, as Triton's do."""
+    info = model.info
+    cfg = mc.ModelConfig(
+        name=info.name,
+        platform=info.platform,
+        backend="onnxruntime" if info.backend == "onnx" else "pytorch",
+        max_batch_size=info.max_batch_size,
+    )
+    skip = 1 if info.batchable else 0
+    for spec in info.inputs:
+        cfg.input.add(
+            name=spec.name, data_type=dtypes.lookup(spec.datatype).triton_enum, dims=list(spec.shape[skip:])
+        )
+    for spec in info.outputs:
+        cfg.output.add(
+            name=spec.name, data_type=dtypes.lookup(spec.datatype).triton_enum, dims=list(spec.shape[skip:])
+        )
+    kind = mc.ModelInstanceGroup.KIND_GPU if info.device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
+    cfg.instance_group.add(name=f"{info.name}_0", count=info.instances, kind=kind)
+    if info.batchable:
+        cfg.dynamic_batching.max_queue_delay_microseconds = info.max_queue_delay_us
+        cfg.dynamic_batching.default_queue_policy.max_queue_size = info.max_queue_size
+    for key, value in info.parameters.items():
+        cfg.parameters[key].string_value = str(value)
+    cfg.parameters["sha256"].string_value = info.sha256
+    return cfg
+
+
+def _dur(target: pb.StatisticDuration, d: Duration) -> None:
+    target.count = d.count
+    target.ns = d.ns
+
+
+def fill_statistics(out: pb.ModelStatistics, s: StatsSnapshot) -> None:
+    out.name = s.model
+    out.version = s.version
+    out.last_inference = s.last_inference_ms
+    out.inference_count = s.inference_count
+    out.execution_count = s.execution_count
+    st = out.inference_stats
+    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        _dur(getattr(st, name), getattr(s, name))
+    for size, bs in s.batch_stats.items():
+        b = out.batch_stats.add(batch_size=size)
+        _dur(b.compute_input, bs.compute_input)
+        _dur(b.compute_infer, bs.compute_infer)
+        _dur(b.compute_output, bs.compute_output)

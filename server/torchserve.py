@@ -1,0 +1,190 @@
+"""TorchServe's gRPC inference API (Ping, Predictions) on the same port.
+
+TorchServe hands a request's `input` map to a model handler, so its format is
+the handler's choice. Ours reads JSON, in either of two forms:
+
+1. one entry (any key, TorchServe clients use "data") holding a KServe v2 JSON
+   inference request: {"id": ..., "inputs": [{"name": "INPUT0", "shape":
+   [1, 4], "datatype": "FP32", "data": [...]}], "outputs": [{"name": ...}]};
+2. one entry per model input, keyed by the input's name, holding a JSON array
+   (nested lists give the shape; the datatype is the model's).
+
+`prediction` in the response is a KServe v2 JSON inference response; its
+"parameters" carry the server-side timing breakdown (see server/breakdown.py).
+Errors end the RPC with the same status codes and messages as ModelInfer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+from google.protobuf import empty_pb2
+
+from server import breakdown, dtypes, tensors
+from server.errors import InvalidInput, ServingError, status_name
+from server.proto import torchserve_pb2 as ts
+from server.proto import torchserve_pb2_grpc as ts_grpc
+from server.types import ModelInfo
+
+if TYPE_CHECKING:
+    from server.app import ServerCore
+
+
+def _array(spec_name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    dt = dtypes.lookup(datatype)
+    try:
+        if dt.name == "BYTES":
+            flat = np.asarray(data, dtype=object).reshape(-1)
+            arr = np.array([x.encode() if isinstance(x, str) else bytes(x) for x in flat], dtype=object)
+        else:
+            arr = np.asarray(data, dtype=dt.numpy)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"input '{spec_name}': data is not a valid {datatype} array: {exc}") from None
+    if arr.size != math.prod(shape):
+        raise InvalidInput(
+            f"input '{spec_name}': data holds {arr.size} elements, expected {math.prod(shape)} for "
+            f"shape {shape}"
+        )
+    return arr.reshape(shape)
+
+
+def decode_json(entries: dict[str, bytes], info: ModelInfo) -> tuple[dict[str, np.ndarray], list[str], str]:
+    """Input arrays, requested output names and request id from the `input` map."""
+    specs = {s.name: s for s in info.inputs}
+    try:
+        docs = {k: json.loads(v) for k, v in entries.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(
+            f"the request's input is not JSON: {exc}; expected a KServe v2 JSON body"
+        ) from None
+    arrays: dict[str, np.ndarray] = {}
+    outputs: list[str] = []
+    request_id = ""
+    if docs and set(docs) <= set(specs):
+        for name, data in docs.items():
+            shape = list(np.shape(data))
+            tensors.check_shape(specs[name], shape, info.max_batch_size)
+            arrays[name] = _array(name, specs[name].datatype, shape, data)
+    elif len(docs) == 1 and isinstance(next(iter(docs.values())), dict):
+        body = next(iter(docs.values()))
+        request_id = str(body.get("id", ""))
+        outputs = [o["name"] for o in body.get("outputs", []) if isinstance(o, dict) and "name" in o]
+        for t in body.get("inputs") or []:
+            if not isinstance(t, dict) or not {"name", "shape", "datatype", "data"} <= set(t):
+                raise InvalidInput("each entry of 'inputs' needs name, shape, datatype and data")
+            spec = specs.get(t["name"])
+            if spec is None:
+                raise InvalidInput(
+                    f"unknown input '{t['name']}' for model '{info.name}'; expected inputs: "
+                    + ", ".join(s.describe() for s in info.inputs)
+                )
+            if t["datatype"] != spec.datatype:
+                raise InvalidInput(
+                    f"input '{spec.name}': datatype {t['datatype']} does not match the model's "
+                    f"{spec.datatype}"
+                )
+            shape = [int(d) for d in t["shape"]]
+            tensors.check_shape(spec, shape, info.max_batch_size)
+            arrays[spec.name] = _array(spec.name, spec.datatype, shape, t["data"])
+    else:
+        raise InvalidInput(
+            f"input keys {sorted(docs)} are neither the model's inputs {sorted(specs)} nor a single "
+            "KServe v2 JSON body (e.g. under 'data')"
+        )
+    missing = [n for n in specs if n not in arrays]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing} for model '{info.name}'")
+    return arrays, outputs, request_id
+
+
+def _json_data(arr: np.ndarray) -> list[Any]:
+    if arr.dtype == object:
+        return [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+    if dtypes.from_numpy(arr.dtype).name in ("FP16", "BF16"):
+        arr = arr.astype(np.float32)  # JSON numbers; tolist() of bfloat16 gives objects
+    return list(arr.reshape(-1).tolist())
+
+
+class TorchServeServicer(ts_grpc.InferenceAPIsServiceServicer):
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+
+    def Ping(self, request: empty_pb2.Empty, context: grpc.ServicerContext) -> ts.TorchServeHealthResponse:
+        status = "Healthy" if self.core.ready() else "Unhealthy"
+        return ts.TorchServeHealthResponse(health=json.dumps({"status": status}))
+
+    def Predictions(
+        self, request: ts.PredictionsRequest, context: grpc.ServicerContext
+    ) -> ts.PredictionResponse:
+        try:
+            return self._predict(request, context)
+        except ServingError as exc:
+            context.abort(exc.code, exc.message)
+            raise  # unreachable: abort raises
+
+    def StreamPredictions(
+        self, request: ts.PredictionsRequest, context: grpc.ServicerContext
+    ) -> Iterator[ts.PredictionResponse]:
+        yield self.Predictions(request, context)
+
+    def StreamPredictions2(
+        self, request_iterator: Iterator[ts.PredictionsRequest], context: grpc.ServicerContext
+    ) -> Iterator[ts.PredictionResponse]:
+        for request in request_iterator:
+            try:
+                resp = self._predict(request, context)
+            except ServingError as exc:
+                resp = ts.PredictionResponse(
+                    status=ts.RpcStatus(
+                        code=exc.code.value[0], message=f"{status_name(exc.code)}: {exc.message}"
+                    )
+                )
+            if request.HasField("sequenceId"):
+                resp.sequenceId = request.sequenceId
+            yield resp
+
+    def _predict(
+        self, request: ts.PredictionsRequest, context: grpc.ServicerContext
+    ) -> ts.PredictionResponse:
+        start = time.perf_counter_ns()
+        model = self.core.model_for_inference(request.model_name, request.model_version)
+        info = model.info
+        try:
+            arrays, wanted, request_id = decode_json(dict(request.input), info)
+            wanted = wanted or [s.name for s in info.outputs]
+            unknown = [w for w in wanted if w not in {s.name for s in info.outputs}]
+            if unknown:
+                raise InvalidInput(f"unknown requested output(s) {unknown} for model '{info.name}'")
+            batch = next(iter(arrays.values())).shape[0] if info.batchable else 1
+            remaining = context.time_remaining()
+            timeout = None if remaining is None or remaining > 1e7 else float(remaining)
+            outputs, timing = model.scheduler.infer(arrays, batch, wanted, timeout)
+        except ServingError as exc:
+            if self.core.settings.probes:
+                model.stats.record_failure(status_name(exc.code), time.perf_counter_ns() - start)
+            raise
+        body: dict[str, Any] = {
+            "model_name": info.name,
+            "model_version": info.version,
+            "id": request_id,
+            "outputs": [
+                {
+                    "name": n,
+                    "datatype": dtypes.from_numpy(a.dtype).name,
+                    "shape": list(a.shape),
+                    "data": _json_data(a),
+                }
+                for n, a in outputs.items()
+            ],
+        }
+        if timing is not None:
+            timing.total_ns = time.perf_counter_ns() - start
+            body["parameters"] = breakdown.as_dict(timing)
+            model.stats.record_success(timing, batch)
+        return ts.PredictionResponse(prediction=json.dumps(body).encode())
