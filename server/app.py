@@ -7,10 +7,9 @@ sampler, profiler) and is the API the exporters use without touching gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -51,7 +50,8 @@ class ServerCore:
         self.leaks = LeakCache(self)
         self.started_at = time.time()
         self.draining = False
-        self._load_lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._load_lock = asyncio.Lock()
 
     # -- models ---------------------------------------------------------------
 
@@ -70,13 +70,13 @@ class ServerCore:
         }
         return resolve(s.model, defaults)
 
-    def load_all(self) -> None:
+    def prepare_all(self) -> list[ServedModel]:
+        """Prepare every model of the repository (blocking; schedulers not started)."""
         entries = self.entries_from_settings()
         self.registry.add_catalog(entries)
-        for entry in entries:
-            self._load_entry(entry)
+        return [self._prepare_entry(entry) for entry in entries]
 
-    def _load_entry(self, entry: ModelEntry) -> ServedModel:
+    def _prepare_entry(self, entry: ModelEntry) -> ServedModel:
         src = ModelSource(
             name=entry.name,
             source=entry.source,
@@ -112,35 +112,42 @@ class ServerCore:
             parameters=dict(prepared.parameters),
         )
         stats = ModelStats(info.name, info.version)
-        model = ServedModel(info, Scheduler(info, instances, stats, self.settings.probes), stats, entry)
-        self.registry.put(model)
+        scheduler = Scheduler(info, instances, stats, self.settings.probes, self.settings.execution)
         log.info(
-            "loaded model %s version %s (%s on %s, %d instance(s), max batch %d) in %.1f s",
+            "prepared model %s version %s (%s on %s, %d instance(s), max batch %d) in %.1f s",
             info.name, info.version, info.backend, info.device, info.instances,
             info.max_batch_size, time.perf_counter() - t0,
         )  # fmt: skip
-        return model
+        return ServedModel(info, scheduler, stats, entry)
 
-    def load_model(self, name: str) -> None:
+    def activate(self, model: ServedModel) -> None:
+        """Start the model's workers on the running loop and serve it."""
+        model.scheduler.start()
+        self.registry.put(model)
+
+    async def load_model(self, name: str) -> None:
         """Load (or reload) every version of `name` from the repository."""
-        with self._load_lock:
+        loop = asyncio.get_running_loop()
+        async with self._load_lock:
             for entry in self.registry.entries(name):
+                fresh = await loop.run_in_executor(None, self._prepare_entry, entry)
                 old = self.registry.remove(entry.name, entry.version)
+                self.activate(fresh)
                 if old is not None:
-                    self._retire(old)
-                self._load_entry(entry)
+                    await self._retire(old)
 
-    def unload_model(self, name: str) -> None:
-        with self._load_lock:
+    async def unload_model(self, name: str) -> None:
+        async with self._load_lock:
             for entry in self.registry.entries(name):
                 old = self.registry.remove(entry.name, entry.version)
-                if old is not None:
-                    self._retire(old)
                 self.registry.mark_failed(entry, "unloaded")
+                if old is not None:
+                    await self._retire(old)
 
-    def _retire(self, model: ServedModel) -> None:
+    async def _retire(self, model: ServedModel) -> None:
         model.scheduler.close()
-        model.scheduler.wait_idle(self.settings.grace_s)
+        await model.scheduler.drain(self.settings.grace_s)
+        model.scheduler.shutdown_threads()
         for inst in model.scheduler.instances:
             inst.close()
 
@@ -157,48 +164,45 @@ class ServerCore:
 
 
 class InferenceServer:
-    """The gRPC server and metrics endpoint around a ServerCore."""
+    """The gRPC server (asyncio) and metrics endpoint around a ServerCore."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.core = ServerCore(settings)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.grpc_server: grpc.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.grpc_server: grpc.aio.Server | None = None
         self.http: Any = None
         self.grpc_port = 0
         self.metrics_port = -1
-        self._stopped = threading.Event()
+        self._stopped = False
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Prepare the models, bind the ports and start serving."""
         s = self.settings
-        self.core.load_all()
-        opts = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.grpc_threads, thread_name_prefix="grpc"),
-            options=opts,
-            maximum_concurrent_rpcs=s.grpc_threads,
+        loop = asyncio.get_running_loop()
+        models = await loop.run_in_executor(None, self.core.prepare_all)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
         torchserve_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(TorchServeServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection((*SERVICE_NAMES, health_name, reflection.SERVICE_NAME), server)
         host = f"[{s.host}]" if ":" in s.host else s.host
         self.grpc_port = server.add_insecure_port(f"{host}:{s.grpc_port}")
         if self.grpc_port == 0:
             raise OSError(f"could not bind gRPC to {s.host}:{s.grpc_port}")
-        server.start()
+        for model in models:
+            self.core.activate(model)
+        await server.start()
         self.grpc_server = server
+        self.core.loop = loop
         self.core.sampler.start()
         if s.metrics_port >= 0:
             from server.http import start_http
@@ -206,38 +210,37 @@ class InferenceServer:
             self.http = start_http(self.core, s.host, s.metrics_port)
             self.metrics_port = self.http.server_port
         for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.profile_requests:
             for model in self.core.registry.loaded():
                 self.core.profiler.start(model.info.name, s.profile_requests)
 
-    def stop(self, grace_s: float | None = None) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new requests, let in-flight ones finish."""
-        if self._stopped.is_set():
+        if self._stopped:
             return
+        self._stopped = True
         grace = self.settings.grace_s if grace_s is None else grace_s
         end = time.monotonic() + grace
-        self.health.enter_graceful_shutdown()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.core.draining = True
         models = self.core.registry.loaded()
         for m in models:
             m.scheduler.close()
         for m in models:
-            if not m.scheduler.wait_idle(max(0.0, end - time.monotonic())):
+            if not await m.scheduler.drain(max(0.0, end - time.monotonic())):
                 log.warning("model %s: requests still running when the grace period ended", m.info.name)
         if self.grpc_server is not None:
-            self.grpc_server.stop(max(0.0, end - time.monotonic())).wait()
+            await self.grpc_server.stop(max(0.0, end - time.monotonic()))
         if self.http is not None:
             self.http.shutdown()
         self.core.sampler.stop()
         self.core.profiler.finish_all()
         for m in models:
+            m.scheduler.shutdown_threads()
             for inst in m.scheduler.instances:
                 inst.close()
-        self._stopped.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
 
 
 def describe_ports(server: InferenceServer) -> str:

@@ -23,6 +23,7 @@ PHASE_KEYS = {
     "d2h": PREFIX + "d2h_ns",
     "total": PREFIX + "server_total_ns",
 }
+_QUEUE, _ASSEMBLY, _H2D, _COMPUTE, _D2H, _TOTAL = PHASE_KEYS.values()
 BATCH_SIZE_KEY = PREFIX + "batch_size"
 BATCH_REQUESTS_KEY = PREFIX + "batch_requests"
 CLOCK_KEY = PREFIX + "clock"
@@ -39,8 +40,12 @@ def as_dict(t: RequestTiming) -> dict[str, int | str]:
 
 def fill_parameters(params: Any, t: RequestTiming) -> None:
     """Write the breakdown into a protobuf map<string, InferParameter>."""
-    for phase, key in PHASE_KEYS.items():
-        params[key].int64_param = t.phase_ns(phase)
+    params[_QUEUE].int64_param = t.queue_ns
+    params[_ASSEMBLY].int64_param = t.batch_assembly_ns
+    params[_H2D].int64_param = t.h2d_ns
+    params[_COMPUTE].int64_param = t.compute_ns
+    params[_D2H].int64_param = t.d2h_ns
+    params[_TOTAL].int64_param = t.total_ns
     params[BATCH_SIZE_KEY].int64_param = t.batch_size
     params[BATCH_REQUESTS_KEY].int64_param = t.batch_requests
     params[CLOCK_KEY].string_param = t.clock

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-queue-size", type=int, help="queued requests per model before RESOURCE_EXHAUSTED")
     a("--instances", type=int, help="model instances per model (default 1)")
     a("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
-    a("--grpc-threads", type=int, help="handler threads = max concurrent RPCs (default 256)")
+    a("--max-concurrent-rpcs", type=int, help="RPCs at once before RESOURCE_EXHAUSTED (0 = no limit)")
+    a("--execution", choices=["auto", "inline", "thread"], help="where batches run (default auto)")
     a("--param", type=_param, action="append", metavar="KEY=VALUE", help="model parameter")
     a("--input", action="append", metavar="NAME:DTYPE:DIMS", help="input spec (TorchScript)")
     a("--output", action="append", metavar="NAME:DTYPE:DIMS", help="output spec (TorchScript)")
@@ -105,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+    try:
+        return asyncio.run(_serve(settings, args))
+    except StartupError as exc:
+        print(f"modelsoak-server: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+
+class StartupError(Exception):
+    pass
+
+
+async def _serve(settings: ServerSettings, args: argparse.Namespace) -> int:
     from server.app import InferenceServer, describe_ports
     from server.backends import ModelLoadError
     from server.repository import RepositoryError
@@ -112,30 +126,28 @@ def main(argv: list[str] | None = None) -> int:
     server = InferenceServer(settings)
     try:
         if args.prepare_only:
-            server.core.load_all()
-            print("prepared: " + ", ".join(i.name for i in server.core.model_infos()))
+            models = server.core.prepare_all()
+            print("prepared: " + ", ".join(m.info.name for m in models))
             return 0
-        server.start()
+        await server.start()
     except (ModelLoadError, RepositoryError, OSError) as exc:
-        print(f"modelsoak-server: cannot start: {exc}", file=sys.stderr)
-        return 2
+        raise StartupError(str(exc)) from exc
     print(describe_ports(server), flush=True)
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"grpc": server.grpc_port, "metrics": server.metrics_port,
-                                   "pid": os.getpid()}))  # fmt: skip
+        ports = {"grpc": server.grpc_port, "metrics": server.metrics_port, "pid": os.getpid()}
+        tmp.write_text(json.dumps(ports))
         tmp.replace(args.port_file)
-
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: Any) -> None:
-        log.info("signal %s: draining (grace %.0f s)", signal.Signals(signum).name, settings.grace_s)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    while not stop.wait(1.0):
-        pass
-    server.stop()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig, stop, settings.grace_s)
+    await stop.wait()
+    await server.stop()
     log.info("stopped")
     return 0
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event, grace_s: float) -> None:
+    log.info("signal %s: draining (grace %.0f s)", sig.name, grace_s)
+    stop.set()

@@ -69,9 +69,14 @@ class ServerSettings(BaseSettings):
     """Largest gRPC message received or sent; bigger ones are refused with
     RESOURCE_EXHAUSTED by gRPC."""
 
-    grpc_threads: int = Field(256, ge=4)
-    """Handler threads; each in-flight request holds one, so this bounds the
-    concurrency the server accepts (further RPCs get RESOURCE_EXHAUSTED)."""
+    max_concurrent_rpcs: int = Field(0, ge=0)
+    """RPCs in progress at once before gRPC refuses more with RESOURCE_EXHAUSTED;
+    0: no limit beyond each model's max_queue_size."""
+
+    execution: Literal["auto", "inline", "thread"] = "auto"
+    """Where batches run: on the instance's own thread, inline on the server's
+    event loop, or auto (inline while executions average under 150 µs on CPU,
+    where a thread hand-off would cost more than the model)."""
 
     params: dict[str, Any] = Field(default_factory=dict)
     """Parameters for the model (built-in parameters such as sleep_ms or

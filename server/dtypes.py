@@ -47,6 +47,7 @@ _TABLE = [
 DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
 _BY_NUMPY: dict[np.dtype, DType] = {d.numpy: d for d in _TABLE}
 _BY_TRITON: dict[int, DType] = {d.triton_enum: d for d in _TABLE}
+_BY_NUM: dict[int, DType] = {d.numpy.num: d for d in _TABLE}
 
 
 def lookup(name: str) -> DType:
@@ -56,6 +57,11 @@ def lookup(name: str) -> DType:
 
 def from_numpy(dtype: np.dtype) -> DType:
     """The protocol datatype of a numpy dtype (bytes and str arrays are BYTES)."""
+    # Keyed by the dtype's type number: hashing a dtype object costs more, and
+    # this runs for every output of every response.
+    found = _BY_NUM.get(dtype.num)
+    if found is not None and found.numpy == dtype:
+        return found
     if dtype.kind in ("O", "S", "U"):
         return DTYPES["BYTES"]
     try:

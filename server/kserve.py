@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -29,7 +29,7 @@ EXTENSIONS = ["model_configuration", "model_repository", "statistics", "paramete
 _NO_DEADLINE_S = 1e7
 
 
-def _timeout(context: grpc.ServicerContext) -> float | None:
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None or remaining > _NO_DEADLINE_S else float(remaining)
 
@@ -40,36 +40,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- health and metadata ----------------------------------------------------
 
-    def ServerLive(
-        self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(
-        self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.core.ready())
 
-    def ModelReady(
-        self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         try:
             self.core.registry.get(request.name, request.version)
         except ServingError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
-                context.abort(exc.code, exc.message)
+                await context.abort(exc.code, exc.message)
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=not self.core.draining)
 
-    def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="modelsoak", version=__version__, extensions=EXTENSIONS)
 
-    def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        model = self._model(request.name, request.version, context)
+        model = await self._model(request.name, request.version, context)
         info = model.info
         resp = pb.ModelMetadataResponse(name=info.name, versions=[info.version], platform=info.platform)
         for spec, target in ((info.inputs, resp.inputs), (info.outputs, resp.outputs)):
@@ -79,27 +79,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ---------------------------------------------------------------
 
-    def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         start = time.perf_counter_ns()
         model: ServedModel | None = None
         try:
             model = self.core.model_for_inference(request.model_name, request.model_version)
-            return self._infer(model, request, _timeout(context), start)
+            return await self._infer(model, request, _timeout(context), start)
         except ServingError as exc:
             if model is not None and self.core.settings.probes:
                 model.stats.record_failure(status_name(exc.code), time.perf_counter_ns() - start)
-            context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 
-    def _infer(
+    async def _infer(
         self, model: ServedModel, request: pb.ModelInferRequest, timeout: float | None, start: int
     ) -> pb.ModelInferResponse:
         info = model.info
         inputs, batch, typed = tensors.decode_inputs(request, info)
         wanted = tensors.requested_outputs(request, info)
-        outputs, timing = model.scheduler.infer(inputs, batch, wanted, timeout)
+        outputs, timing = await model.scheduler.infer(inputs, batch, wanted, timeout)
         resp = pb.ModelInferResponse(model_name=info.name, model_version=info.version, id=request.id)
         tensors.encode_outputs(resp, outputs, typed)
         if timing is not None:
@@ -108,15 +108,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model.stats.record_success(timing, batch)
         return resp
 
-    def ModelStreamInfer(
-        self, request_iterator: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.ModelStreamInferResponse]:
-        for request in request_iterator:
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in request_iterator:
             start = time.perf_counter_ns()
             model: ServedModel | None = None
             try:
                 model = self.core.model_for_inference(request.model_name, request.model_version)
-                resp = self._infer(model, request, _timeout(context), start)
+                resp = await self._infer(model, request, _timeout(context), start)
                 yield pb.ModelStreamInferResponse(infer_response=resp)
             except ServingError as exc:
                 if model is not None and self.core.settings.probes:
@@ -130,17 +130,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- Triton extensions ---------------------------------------------------------
 
-    def ModelConfig(
-        self, request: pb.ModelConfigRequest, context: grpc.ServicerContext
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        model = self._model(request.name, request.version, context)
+        model = await self._model(request.name, request.version, context)
         return pb.ModelConfigResponse(config=model_config(model))
 
-    def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         if request.name:
-            models = [self._model(request.name, request.version, context)]
+            models = [await self._model(request.name, request.version, context)]
         else:
             models = sorted(self.core.registry.loaded(), key=lambda m: (m.info.name, m.info.version))
         resp = pb.ModelStatisticsResponse()
@@ -148,8 +148,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             fill_statistics(resp.model_stats.add(), m.stats.snapshot())
         return resp
 
-    def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         resp = pb.RepositoryIndexResponse()
         for entry, state, reason in self.core.registry.index():
@@ -158,31 +158,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             resp.models.add(name=entry.name, version=entry.version, state=state, reason=reason)
         return resp
 
-    def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         try:
-            self.core.load_model(request.model_name)
+            await self.core.load_model(request.model_name)
         except ServingError as exc:
-            context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message)
         except Exception as exc:  # a model that fails to load is the caller's news, not a crash
-            context.abort(grpc.StatusCode.INTERNAL, f"loading '{request.model_name}' failed: {exc}")
+            await context.abort(grpc.StatusCode.INTERNAL, f"loading '{request.model_name}' failed: {exc}")
         return pb.RepositoryModelLoadResponse()
 
-    def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         try:
-            self.core.unload_model(request.model_name)
+            await self.core.unload_model(request.model_name)
         except ServingError as exc:
-            context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message)
         return pb.RepositoryModelUnloadResponse()
 
-    def _model(self, name: str, version: str, context: grpc.ServicerContext) -> ServedModel:
+    async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> ServedModel:
         try:
             return self.core.registry.get(name, version)
         except ServingError as exc:
-            context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 
 

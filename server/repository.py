@@ -223,6 +223,17 @@ class ModelRegistry:
         self._models: dict[tuple[str, str], ServedModel] = {}
         self._catalog: dict[tuple[str, str], ModelEntry] = {}
         self._failed: dict[tuple[str, str], str] = {}
+        # (name, version) and (name, "") -> loaded model, rebuilt on every change.
+        self._fast: dict[tuple[str, str], ServedModel] = {}
+
+    def _rebuild_fast(self) -> None:
+        fast: dict[tuple[str, str], ServedModel] = {}
+        for (name, version), model in self._models.items():
+            fast[(name, version)] = model
+            latest = max((v for (n, v) in self._catalog if n == name), key=lambda v: (len(v), v))
+            if version == latest:
+                fast[(name, "")] = model
+        self._fast = fast
 
     def add_catalog(self, entries: list[ModelEntry]) -> None:
         with self._lock:
@@ -234,6 +245,7 @@ class ModelRegistry:
             key = (model.info.name, model.info.version)
             self._models[key] = model
             self._failed.pop(key, None)
+            self._rebuild_fast()
 
     def mark_failed(self, entry: ModelEntry, reason: str) -> None:
         with self._lock:
@@ -241,10 +253,17 @@ class ModelRegistry:
 
     def remove(self, name: str, version: str) -> ServedModel | None:
         with self._lock:
-            return self._models.pop((name, version), None)
+            model = self._models.pop((name, version), None)
+            self._rebuild_fast()
+            return model
 
     def get(self, name: str, version: str = "") -> ServedModel:
         """The loaded model; NOT_FOUND / UNAVAILABLE errors name what exists."""
+        # Every request looks its model up: a plain dict read (atomic under the
+        # GIL) serves the common case; the locked path below explains misses.
+        model = self._fast.get((name, version))
+        if model is not None:
+            return model
         with self._lock:
             versions = sorted((v for (n, v) in self._catalog if n == name), key=lambda v: (len(v), v))
             if not versions:

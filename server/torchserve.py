@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -115,30 +115,32 @@ class TorchServeServicer(ts_grpc.InferenceAPIsServiceServicer):
     def __init__(self, core: ServerCore) -> None:
         self.core = core
 
-    def Ping(self, request: empty_pb2.Empty, context: grpc.ServicerContext) -> ts.TorchServeHealthResponse:
+    async def Ping(
+        self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> ts.TorchServeHealthResponse:
         status = "Healthy" if self.core.ready() else "Unhealthy"
         return ts.TorchServeHealthResponse(health=json.dumps({"status": status}))
 
-    def Predictions(
-        self, request: ts.PredictionsRequest, context: grpc.ServicerContext
+    async def Predictions(
+        self, request: ts.PredictionsRequest, context: grpc.aio.ServicerContext
     ) -> ts.PredictionResponse:
         try:
-            return self._predict(request, context)
+            return await self._predict(request, context)
         except ServingError as exc:
-            context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 
-    def StreamPredictions(
-        self, request: ts.PredictionsRequest, context: grpc.ServicerContext
-    ) -> Iterator[ts.PredictionResponse]:
-        yield self.Predictions(request, context)
+    async def StreamPredictions(
+        self, request: ts.PredictionsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ts.PredictionResponse]:
+        yield await self.Predictions(request, context)
 
-    def StreamPredictions2(
-        self, request_iterator: Iterator[ts.PredictionsRequest], context: grpc.ServicerContext
-    ) -> Iterator[ts.PredictionResponse]:
-        for request in request_iterator:
+    async def StreamPredictions2(
+        self, request_iterator: AsyncIterator[ts.PredictionsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ts.PredictionResponse]:
+        async for request in request_iterator:
             try:
-                resp = self._predict(request, context)
+                resp = await self._predict(request, context)
             except ServingError as exc:
                 resp = ts.PredictionResponse(
                     status=ts.RpcStatus(
@@ -149,8 +151,8 @@ class TorchServeServicer(ts_grpc.InferenceAPIsServiceServicer):
                 resp.sequenceId = request.sequenceId
             yield resp
 
-    def _predict(
-        self, request: ts.PredictionsRequest, context: grpc.ServicerContext
+    async def _predict(
+        self, request: ts.PredictionsRequest, context: grpc.aio.ServicerContext
     ) -> ts.PredictionResponse:
         start = time.perf_counter_ns()
         model = self.core.model_for_inference(request.model_name, request.model_version)
@@ -164,7 +166,7 @@ class TorchServeServicer(ts_grpc.InferenceAPIsServiceServicer):
             batch = next(iter(arrays.values())).shape[0] if info.batchable else 1
             remaining = context.time_remaining()
             timeout = None if remaining is None or remaining > 1e7 else float(remaining)
-            outputs, timing = model.scheduler.infer(arrays, batch, wanted, timeout)
+            outputs, timing = await model.scheduler.infer(arrays, batch, wanted, timeout)
         except ServingError as exc:
             if self.core.settings.probes:
                 model.stats.record_failure(status_name(exc.code), time.perf_counter_ns() - start)

@@ -133,6 +133,15 @@ class ModelInfo:
     source: str = ""
     description: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    input_map: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    input_dtypes: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from server import dtypes
+
+        # Looked up on every request: build once.
+        self.input_map = {s.name: s for s in self.inputs}
+        self.input_dtypes = {s.name: dtypes.lookup(s.datatype) for s in self.inputs}
 
     @property
     def batchable(self) -> bool:

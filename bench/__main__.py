@@ -1,0 +1,65 @@
+"""`make bench` / `python -m bench [NAME ...]`: run the benchmarks, print a table
+of ratios against their goals, and write bench/results/<name>.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import server
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "server_overhead": server.overhead_and_probes,
+    "server_batching": server.batching,
+}
+
+
+def _environment() -> dict[str, Any]:
+    import os
+
+    import onnxruntime
+    import torch
+
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("names", nargs="*", help=f"which to run (default all): {', '.join(BENCHMARKS)}")
+    args = p.parse_args()
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    RESULTS.mkdir(exist_ok=True)
+    env = _environment()
+    rows = []
+    for name in names:
+        print(f"== {name} ...", flush=True)
+        result = {"environment": env, **BENCHMARKS[name]()}
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        for key, goal in result.get("goals", {}).items():
+            value = result[key]
+            rows.append((name, key, value, goal, "PASS" if value >= goal else "BELOW GOAL"))
+        print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2), flush=True)
+    print("\nbenchmark          ratio                     measured   goal    status")
+    for name, key, value, goal, status in rows:
+        print(f"{name:<18} {key:<25} {value:8.3f}   >= {goal:.2f}  {status}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
