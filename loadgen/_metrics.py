@@ -1,0 +1,178 @@
+"""The Locust master's Prometheus metrics (a /metrics route on the web UI, or a
+port of its own in headless runs), and the end-of-run push to a Pushgateway."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import psutil
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from server.stats import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from hdrh.histogram import HdrHistogram
+
+    from loadgen._run import RunState
+
+log = logging.getLogger("modelsoak.loadgen")
+
+
+def hdr_buckets(hist: HdrHistogram) -> tuple[list[tuple[str, float]], float]:
+    """Prometheus buckets (seconds) and sum from an HDR histogram in µs."""
+    counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    total_s = 0.0
+    for item in hist.get_recorded_iterator():
+        value_s = item.value_iterated_to / 1e6
+        counts[bisect.bisect_left(LATENCY_BUCKETS, value_s)] += item.count_at_value_iterated_to
+        total_s += value_s * item.count_at_value_iterated_to
+    buckets, running = [], 0
+    for bound, c in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+        running += c
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+    return buckets, total_s
+
+
+class MasterCollector(Collector):
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self._process = psutil.Process()
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.state
+        if st.options is None or st.environment is None:
+            return
+        run = st.run_id
+        merged = st.merged()
+        info = GaugeMetricFamily(
+            "modelsoak_client_run_info",
+            "The run (value 1).",
+            labels=["run_id", "scenario", "model", "target"],
+        )
+        info.add_metric(
+            [
+                run,
+                st.options.scenario,
+                st.extra.get("target", {}).get("model", st.options.model),
+                st.options.host,
+            ],
+            1,
+        )
+        lat = HistogramMetricFamily(
+            "modelsoak_client_request_duration_seconds",
+            "Client-side latency (merged HDR histograms of all workers).",
+            labels=["run_id", "name"],
+        )
+        reqs = CounterMetricFamily(
+            "modelsoak_client_requests",
+            "Requests by name and gRPC status.",
+            labels=["run_id", "name", "status"],
+        )
+        for name, ns in sorted(merged.names.items()):
+            buckets, total = hdr_buckets(ns.latency)
+            lat.add_metric([run, name], buckets, total)
+            for status, n in sorted(ns.statuses.items()):
+                reqs.add_metric([run, name, status], n)
+        yield from (info, lat, reqs)
+        runner = st.environment.runner
+        rps = GaugeMetricFamily(
+            "modelsoak_client_requests_per_second", "Current requests/s.", labels=["run_id"]
+        )
+        rps.add_metric([run], runner.stats.total.current_rps)
+        users = GaugeMetricFamily("modelsoak_client_users", "Running users.", labels=["run_id"])
+        users.add_metric([run], runner.user_count)
+        yield from (rps, users)
+        workers = GaugeMetricFamily(
+            "modelsoak_client_workers", "Workers by state.", labels=["run_id", "state"]
+        )
+        by_state = {"ready": 0, "running": 0, "missing": 0}
+        if hasattr(runner, "clients"):
+            for client in runner.clients.values():
+                key = "running" if client.state in ("running", "spawning") else client.state
+                if key in by_state:
+                    by_state[key] += 1
+        for key, n in by_state.items():
+            workers.add_metric([run, key], n)
+        yield workers
+        sends = CounterMetricFamily(
+            "modelsoak_client_openloop_sends", "Open-loop sends by outcome.", labels=["run_id", "outcome"]
+        )
+        ol = merged.openloop
+        sends.add_metric([run, "on_time"], max(ol.get("scheduled", 0) - ol.get("late", 0), 0))
+        sends.add_metric([run, "late"], ol.get("late", 0))
+        sends.add_metric([run, "dropped"], ol.get("dropped", 0))
+        yield sends
+        cpu = GaugeMetricFamily(
+            "modelsoak_client_cpu_ratio",
+            "Load-generator CPU use, 0..1 per core.",
+            labels=["run_id", "worker"],
+        )
+        for worker, samples in merged.cpu.items():
+            if samples:
+                cpu.add_metric([run, worker], samples[-1] / 100.0)
+        if st.role == "master":
+            cpu.add_metric([run, "master"], self._process.cpu_percent(None) / 100.0)
+        yield cpu
+
+
+def registry_for(state: RunState) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MasterCollector(state))
+    return registry
+
+
+def attach(environment: Any, state: RunState, port: int) -> None:
+    """A /metrics route on the web UI, and a port of its own when asked for."""
+    registry = registry_for(state)
+    web_ui = getattr(environment, "web_ui", None)
+    if web_ui is not None:
+        from flask import Response
+
+        @web_ui.app.route("/metrics")
+        def metrics() -> Any:
+            return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+    if port >= 0:
+        from gevent.pywsgi import WSGIServer
+        from prometheus_client import make_wsgi_app
+
+        server = WSGIServer(("0.0.0.0", port), make_wsgi_app(registry), log=None)
+        server.start()
+        state.extra["metrics_port"] = server.server_port
+        log.info("Prometheus metrics on port %d", server.server_port)
+
+
+def push_summary(url: str, summary: dict[str, Any]) -> None:
+    registry = CollectorRegistry()
+    passed = Gauge("modelsoak_run_passed", "1 when every SLO held and the run was valid.", registry=registry)
+    passed.set(1 if summary["verdict"] == "PASS" else 0)
+    Gauge("modelsoak_run_exit_code", "The run's exit code.", registry=registry).set(summary["exit_code"])
+    slo = Gauge("modelsoak_run_slo_passed", "Each SLO check (1 passed).", ["slo"], registry=registry)
+    for c in summary["slo"]:
+        slo.labels(c["name"]).set(1 if c["passed"] else 0)
+    lat = Gauge(
+        "modelsoak_run_latency_seconds", "Client latency over the run.", ["quantile"], registry=registry
+    )
+    for q, key in (("0.5", "p50"), ("0.9", "p90"), ("0.95", "p95"), ("0.99", "p99")):
+        value = (summary["totals"].get("latency_ms") or {}).get(key)
+        if value is not None:
+            lat.labels(q).set(value / 1000.0)
+    Gauge(
+        "modelsoak_run_throughput_samples_per_second",
+        "Samples/s over the measured phases.",
+        registry=registry,
+    ).set(summary["totals"]["samples_per_s"])
+    Gauge("modelsoak_run_error_ratio", "Failed / all requests.", registry=registry).set(
+        summary["totals"]["error_ratio"]
+    )
+    leak = (summary.get("memory") or {}).get("leak") or {}
+    if leak.get("slope_bytes_per_s") is not None:
+        Gauge(
+            "modelsoak_run_leak_slope_bytes_per_second", "Server memory trend (Theil-Sen).", registry=registry
+        ).set(leak["slope_bytes_per_s"])
+    push_to_gateway(url, job="modelsoak", grouping_key={"run_id": summary["run_id"]}, registry=registry)

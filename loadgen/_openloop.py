@@ -1,0 +1,94 @@
+"""Open-loop sending: requests scheduled at a target rate, latency measured from
+the scheduled send time, so a slow server cannot slow the senders down and hide
+its own latency (coordinated omission).
+
+Each process runs one dispatcher greenlet. At every scheduled instant it puts a
+ticket (the scheduled time) into a queue; the users are the in-flight slots and
+take tickets as they become free. A ticket that finds every slot busy waits
+(its latency keeps counting from the scheduled time); once more than
+`max_pending` tickets wait, new ones are dropped and counted. A dispatcher that
+itself wakes up later than scheduled (the generator is short of CPU) counts the
+send as late: late sends make the run invalid, because then the generator, not
+the server, set the pace.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import gevent
+from gevent.queue import Empty, Queue
+
+from loadgen._recorder import RECORDER
+
+LATE_AFTER_S = 0.010  # a dispatcher this far behind its schedule counts the send as late
+
+
+class Dispatcher:
+    def __init__(self, max_pending: int, arrival: str, seed: int) -> None:
+        self.tickets: Queue[float] = Queue()
+        self.max_pending = max_pending
+        self.arrival = arrival
+        self.rate = 0.0  # requests/s for this process
+        self._rng = random.Random(seed)
+        self._greenlet: gevent.Greenlet | None = None
+
+    def set_rate(self, rate: float) -> None:
+        self.rate = max(0.0, rate)
+
+    def start(self) -> None:
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+        while True:
+            try:
+                self.tickets.get_nowait()
+            except Empty:
+                break
+
+    def _gap(self) -> float:
+        if self.arrival == "poisson":
+            return self._rng.expovariate(self.rate)
+        return 1.0 / self.rate
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while True:
+            if self.rate <= 0:
+                gevent.sleep(0.05)
+                next_at = time.monotonic()
+                continue
+            next_at += self._gap()
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+            behind = time.monotonic() - next_at
+            if behind > LATE_AFTER_S:
+                RECORDER.count_openloop("late")
+            if self.tickets.qsize() >= self.max_pending:
+                RECORDER.count_openloop("dropped")
+                continue
+            RECORDER.count_openloop("scheduled")
+            self.tickets.put(next_at)
+
+    def take(self, timeout: float = 0.5) -> float | None:
+        """A user's next scheduled send time (time.monotonic), or None."""
+        try:
+            return self.tickets.get(timeout=timeout)
+        except Empty:
+            return None
+
+
+DISPATCHER: Dispatcher | None = None
+
+
+def dispatcher(max_pending: int, arrival: str, seed: int) -> Dispatcher:
+    global DISPATCHER
+    if DISPATCHER is None:
+        DISPATCHER = Dispatcher(max_pending, arrival, seed)
+    return DISPATCHER

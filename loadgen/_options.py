@@ -1,0 +1,218 @@
+"""Our command-line options, added to Locust's parser (so they also read
+LOCUST_<NAME> variables and locust.conf, and show in the web UI), and the typed
+view the rest of the load generator reads."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCENARIOS = (
+    "none",
+    "latency",
+    "throughput",
+    "batch",
+    "memory",
+    "concurrency",
+    "soak",
+    "stress",
+    "spike",
+    "template",
+)
+
+
+def add_arguments(parser: Any) -> None:
+    """Register our options on Locust's parser (events.init_command_line_parser)."""
+    # Straight on the parser: Locust's argument groups do not take include_in_web_ui.
+    a = parser.add_argument
+    a(
+        "--protocol",
+        choices=["kserve", "torchserve"],
+        default="kserve",
+        include_in_web_ui=True,
+        help="gRPC API of the target: KServe v2 / Open Inference Protocol (our server, Triton, KServe, "
+        "MLServer) or TorchServe's inference API",
+    )
+    a(
+        "--model",
+        default="",
+        include_in_web_ui=True,
+        help="model to load-test; empty: the only model the server lists",
+    )
+    a("--model-version", default="", include_in_web_ui=True, help="model version; empty: the server's choice")
+    a("--batch-size", type=int, default=1, include_in_web_ui=True, help="samples per request")
+    a(
+        "--input-shape",
+        default="",
+        include_in_web_ui=True,
+        help="dims of one sample (without the batch dim), e.g. 3x224x224; default: from ModelMetadata",
+    )
+    a("--datatype", default="", include_in_web_ui=True, help="input datatype; default: from ModelMetadata")
+    a(
+        "--scenario",
+        choices=SCENARIOS,
+        default="none",
+        include_in_web_ui=True,
+        help="load pattern and checks; none: plain Locust -u/-r/-t",
+    )
+    a(
+        "--slo-file",
+        default="",
+        include_in_web_ui=True,
+        help="YAML test plan: SLO thresholds and scenario parameters (defaults: the performance-test template)",
+    )
+    a(
+        "--baseline",
+        default="",
+        include_in_web_ui=True,
+        help="summary.json of an earlier run to compare p99 latency and throughput with",
+    )
+    a("--results-dir", default="results", include_in_web_ui=True, help="where each run's results folder goes")
+    a(
+        "--run-id",
+        default="",
+        include_in_web_ui=True,
+        help="name of this run's results folder (default: time-based)",
+    )
+    a(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        include_in_web_ui=True,
+        help="deadline of every call, seconds",
+    )
+    a(
+        "--warmup-requests",
+        type=int,
+        default=10,
+        include_in_web_ui=True,
+        help="first requests of each user left out of the statistics",
+    )
+    a(
+        "--arrival-rate",
+        type=float,
+        default=0.0,
+        include_in_web_ui=True,
+        help="open loop: requests/s scheduled across all workers (0: closed loop, users send back to back)",
+    )
+    a(
+        "--arrival",
+        choices=["constant", "poisson"],
+        default="constant",
+        include_in_web_ui=True,
+        help="open loop: spacing of scheduled sends",
+    )
+    a(
+        "--max-pending",
+        type=int,
+        default=1000,
+        include_in_web_ui=True,
+        help="open loop: scheduled sends that may wait for a free user before new ones are dropped",
+    )
+    a(
+        "--server-metrics-url",
+        default="",
+        include_in_web_ui=True,
+        help="the server's metrics: our server's http://HOST:8002 (JSON /stats), or a Prometheus /metrics URL",
+    )
+    a(
+        "--metrics-port",
+        type=int,
+        default=-1,
+        include_in_web_ui=False,
+        help="headless runs: serve the master's Prometheus metrics on this port (-1: off; the web UI has /metrics)",
+    )
+    a(
+        "--pushgateway",
+        default="",
+        include_in_web_ui=True,
+        help="push the final summary to this Pushgateway URL",
+    )
+    a("--seed", type=int, default=0, include_in_web_ui=True, help="seed for input data and Poisson arrivals")
+    a(
+        "--payload-file",
+        default="",
+        include_in_web_ui=True,
+        help="torchserve: send this file's bytes as the request's 'data' (for a handler with its own format)",
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    host: str
+    protocol: str
+    model: str
+    model_version: str
+    batch_size: int
+    input_shape: tuple[int, ...] | None
+    datatype: str
+    scenario: str
+    slo_file: Path | None
+    baseline: Path | None
+    results_dir: Path
+    run_id: str
+    request_timeout: float
+    warmup_requests: int
+    arrival_rate: float
+    arrival: str
+    max_pending: int
+    server_metrics_url: str
+    metrics_port: int
+    pushgateway: str
+    seed: int
+    headless: bool
+    num_users: int | None
+    spawn_rate: float | None
+    run_time: int | None
+
+    @classmethod
+    def from_parsed(cls, parsed: Any, host: str | None) -> Options:
+        def get(name: str, default: Any = None) -> Any:
+            return getattr(parsed, name, default) if parsed is not None else default
+
+        shape = get("input_shape") or ""
+        try:
+            dims = tuple(int(d) for d in shape.lower().split("x")) if shape else None
+        except ValueError:
+            raise ValueError(
+                f"--input-shape {shape!r}: expected dims joined by 'x', e.g. 3x224x224"
+            ) from None
+        batch = int(get("batch_size", 1) or 1)
+        if batch < 1:
+            raise ValueError(f"--batch-size {batch}: must be at least 1")
+        scenario = get("scenario") or "none"
+        return cls(
+            host=host or get("host") or "",
+            protocol=get("protocol") or "kserve",
+            model=get("model") or "",
+            model_version=get("model_version") or "",
+            batch_size=batch,
+            input_shape=dims,
+            datatype=(get("datatype") or "").upper(),
+            scenario=scenario,
+            slo_file=Path(get("slo_file")) if get("slo_file") else None,
+            baseline=Path(get("baseline")) if get("baseline") else None,
+            results_dir=Path(get("results_dir") or "results"),
+            run_id=get("run_id") or "",
+            request_timeout=float(get("request_timeout", 30.0) or 30.0),
+            warmup_requests=int(get("warmup_requests", 10) or 0),
+            arrival_rate=float(get("arrival_rate", 0.0) or 0.0),
+            arrival=get("arrival") or "constant",
+            max_pending=int(get("max_pending", 1000) or 1000),
+            server_metrics_url=(get("server_metrics_url") or "").rstrip("/"),
+            metrics_port=int(get("metrics_port", -1) if get("metrics_port") is not None else -1),
+            pushgateway=(get("pushgateway") or "").rstrip("/"),
+            seed=int(get("seed", 0) or 0),
+            headless=bool(get("headless", False)),
+            num_users=get("num_users"),
+            spawn_rate=get("spawn_rate"),
+            run_time=get("run_time"),
+        )
+
+    def new_run_id(self) -> str:
+        if self.run_id:
+            return self.run_id
+        parts = [time.strftime("%Y%m%d-%H%M%S"), self.scenario, self.model]
+        return "-".join(p for p in parts if p)

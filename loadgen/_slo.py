@@ -1,0 +1,325 @@
+"""SLO checks: what each scenario promises, measured against the plan's targets."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class Check:
+    name: str
+    metric: str
+    target: str
+    actual: str
+    passed: bool
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt_ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f} ms" if x < 10 else f"{x:.1f} ms"
+
+
+def _by_kind(phases: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [p for p in phases if p["kind"] == kind]
+
+
+def latency_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+    out = []
+    for ph in _by_kind(phases, "latency"):
+        lat = ph.get("latency_ms") or {}
+        for q in ("p50", "p95", "p99"):
+            target = plan["latency"].get(f"{q}_ms")
+            if target is None:
+                continue
+            actual = lat.get(q)
+            out.append(
+                Check(
+                    f"latency {q}",
+                    f"{q} latency, batch {ph['batch_size']}, warm-up excluded",
+                    f"< {target:g} ms",
+                    _fmt_ms(actual),
+                    actual is not None and actual < target,
+                )
+            )
+    return out
+
+
+def throughput_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+    target = plan["throughput"]["min_samples_per_s"]
+    return [
+        Check(
+            f"throughput bs={ph['batch_size']}",
+            f"samples/s at batch {ph['batch_size']} ({ph['users']} users)",
+            f">= {target:g}/s",
+            f"{ph.get('samples_per_s', 0.0):.1f}/s",
+            ph.get("samples_per_s", 0.0) >= target,
+        )
+        for ph in _by_kind(phases, "throughput")
+    ]
+
+
+def batch_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+    p = plan["batch"]
+    q = float(p["percentile"])
+    key = f"p{q:g}" if q != 100 else "max"
+    out = []
+    for ph in _by_kind(phases, "batch"):
+        actual = (ph.get("latency_ms") or {}).get(key)
+        out.append(
+            Check(
+                f"batch {ph['batch_size']} latency",
+                f"{key} latency of a batch of {ph['batch_size']}",
+                f"< {p['max_latency_ms']:g} ms",
+                _fmt_ms(actual),
+                actual is not None and actual < p["max_latency_ms"],
+            )
+        )
+    return out
+
+
+def memory_checks(plan: dict[str, Any], scenario_kinds: set[str], memory: dict[str, Any]) -> list[Check]:
+    out = []
+    if "memory" in scenario_kinds:
+        limit = plan["memory"]["max_peak_bytes"]
+        if memory.get("available"):
+            peak = memory["peak_bytes"]
+            out.append(
+                Check(
+                    "peak memory",
+                    f"server peak ({memory['source']})",
+                    f"< {limit / 1e9:.2f} GB",
+                    f"{peak / 1e9:.3f} GB",
+                    peak < limit,
+                )
+            )
+        else:
+            out.append(
+                Check("peak memory", "server peak", f"< {limit / 1e9:.2f} GB", "n/a", False, memory["reason"])
+            )
+    if "soak" in scenario_kinds:
+        soak = plan["soak"]
+        if memory.get("available"):
+            leak = memory["leak"]
+            slope = leak.get("slope_bytes_per_hour")
+            out.append(
+                Check(
+                    "memory leak",
+                    f"trend of {memory['source']} (Theil-Sen, Mann-Kendall)",
+                    "no significant growth",
+                    "n/a" if slope is None else f"{slope / 2**20:+.2f} MiB/h",
+                    not leak["suspected"],
+                    leak["reason"],
+                )
+            )
+            if soak.get("max_memory_bytes"):
+                limit = soak["max_memory_bytes"]
+                out.append(
+                    Check(
+                        "memory ceiling",
+                        f"server peak ({memory['source']})",
+                        f"< {limit / 1e9:.2f} GB",
+                        f"{memory['peak_bytes'] / 1e9:.3f} GB",
+                        memory["peak_bytes"] < limit,
+                    )
+                )
+        else:
+            out.append(
+                Check(
+                    "memory leak",
+                    "server memory trend",
+                    "no significant growth",
+                    "n/a",
+                    False,
+                    memory["reason"],
+                )
+            )
+    return out
+
+
+def soak_latency_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+    target = plan["soak"].get("p99_ms")
+    if target is None:
+        return []
+    out = []
+    for ph in _by_kind(phases, "soak"):
+        actual = (ph.get("latency_ms") or {}).get("p99")
+        out.append(
+            Check(
+                "soak p99",
+                "p99 latency over the soak",
+                f"< {target:g} ms",
+                _fmt_ms(actual),
+                actual is not None and actual < target,
+            )
+        )
+    return out
+
+
+def concurrency_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+    p = plan["concurrency"]
+    want = p["users"] * p["requests_per_user"]
+    out = []
+    for ph in _by_kind(phases, "concurrency"):
+        ok = ph.get("requests", 0) - ph.get("failures", 0)
+        out.append(
+            Check(
+                "concurrency",
+                f"{p['users']} concurrent clients x {p['requests_per_user']} requests",
+                f"{want} of {want} succeed",
+                f"{ok} of {ph.get('requests', 0)} succeeded",
+                ok >= want and ph.get("failures", 0) == 0,
+            )
+        )
+    return out
+
+
+def stress_analysis(plan: dict[str, Any], phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which steps held the SLO, the highest that did, and where latency bends."""
+    p = plan["stress"]
+    steps = []
+    for ph in _by_kind(phases, "stress"):
+        lat = ph.get("latency_ms") or {}
+        err = ph["failures"] / ph["requests"] if ph.get("requests") else 1.0
+        held = (
+            bool(ph.get("requests"))
+            and lat.get("p99") is not None
+            and lat["p99"] < p["p99_ms"]
+            and err <= p["max_error_ratio"]
+        )
+        load = ph["rate"] if ph["rate"] else ph["users"]
+        steps.append(
+            {
+                "name": ph["name"],
+                "load": load,
+                "held": held,
+                "p99_ms": lat.get("p99"),
+                "samples_per_s": ph.get("samples_per_s", 0.0),
+                "error_ratio": err,
+            }
+        )
+    held = [s for s in steps if s["held"]]
+    knee = None
+    for prev, cur in itertools.pairwise(steps):
+        if prev["samples_per_s"] <= 0:
+            continue
+        load_gain = cur["load"] / prev["load"] - 1
+        tput_gain = cur["samples_per_s"] / prev["samples_per_s"] - 1
+        if load_gain > 0 and tput_gain < 0.5 * load_gain:
+            knee = {
+                "at": prev["name"],
+                "load": prev["load"],
+                "samples_per_s": prev["samples_per_s"],
+                "p99_ms": prev["p99_ms"],
+            }
+            break
+    return {"steps": steps, "highest_held": held[-1] if held else None, "knee": knee}
+
+
+def stress_checks(plan: dict[str, Any], stress: dict[str, Any]) -> list[Check]:
+    if not stress["steps"]:
+        return []
+    best = stress["highest_held"]
+    return [
+        Check(
+            "capacity",
+            f"highest load with p99 < {plan['stress']['p99_ms']:g} ms and errors <= "
+            f"{plan['stress']['max_error_ratio']:.0%}",
+            "at least the first step holds",
+            best["name"] if best else "no step held",
+            best is not None,
+        )
+    ]
+
+
+def spike_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+    p = plan["spike"]
+    by = {ph["name"]: ph for ph in phases if ph["kind"] == "spike"}
+    out = []
+    before = (by.get("spike:before", {}).get("latency_ms") or {}).get("p99")
+    peak = (by.get("spike:peak", {}).get("latency_ms") or {}).get("p99")
+    after = (by.get("spike:after", {}).get("latency_ms") or {}).get("p99")
+    if p.get("p99_ms") is not None and by:
+        out.append(
+            Check(
+                "spike p99",
+                "p99 during the spike",
+                f"< {p['p99_ms']:g} ms",
+                _fmt_ms(peak),
+                peak is not None and peak < p["p99_ms"],
+            )
+        )
+    if before is not None and "spike:after" in by:
+        limit = before * p["recovery_factor"]
+        out.append(
+            Check(
+                "spike recovery",
+                "p99 after the spike vs before",
+                f"< {p['recovery_factor']:g} x {before:.1f} ms",
+                _fmt_ms(after),
+                after is not None and after < limit,
+            )
+        )
+    return out
+
+
+def error_checks(plan: dict[str, Any], totals: dict[str, Any], openloop: dict[str, Any]) -> list[Check]:
+    e = plan["errors"]
+    out = [
+        Check(
+            "errors",
+            "failed requests / requests",
+            f"<= {e['max_error_ratio']:.2%}",
+            f"{totals['error_ratio']:.2%} ({totals['failures']} of {totals['requests']})",
+            totals["error_ratio"] <= e["max_error_ratio"],
+            ", ".join(f"{k}: {n}" for k, n in totals["errors_by_status"].items()),
+        )
+    ]
+    if openloop.get("scheduled"):
+        ratio = openloop["dropped"] / openloop["scheduled"]
+        out.append(
+            Check(
+                "dropped sends",
+                "open-loop sends dropped (all users busy, queue full)",
+                f"<= {e['max_dropped_ratio']:.2%}",
+                f"{ratio:.2%}",
+                ratio <= e["max_dropped_ratio"],
+            )
+        )
+    return out
+
+
+def regression_checks(plan: dict[str, Any], totals: dict[str, Any], baseline: dict[str, Any]) -> list[Check]:
+    r = plan["regression"]
+    out = []
+    b_lat = (baseline["totals"].get("latency_ms") or {}).get("p99")
+    a_lat = (totals.get("latency_ms") or {}).get("p99")
+    if b_lat and a_lat is not None:
+        change = a_lat / b_lat - 1
+        out.append(
+            Check(
+                "regression p99",
+                f"p99 vs baseline {b_lat:.3f} ms",
+                f"<= +{r['max_p99_increase']:.0%}",
+                f"{change:+.1%}",
+                change <= r["max_p99_increase"],
+            )
+        )
+    b_tp = baseline["totals"].get("samples_per_s")
+    a_tp = totals.get("samples_per_s")
+    if b_tp and a_tp is not None:
+        change = a_tp / b_tp - 1
+        out.append(
+            Check(
+                "regression throughput",
+                f"samples/s vs baseline {b_tp:.1f}/s",
+                f">= -{r['max_throughput_decrease']:.0%}",
+                f"{change:+.1%}",
+                change >= -r["max_throughput_decrease"],
+            )
+        )
+    return out

@@ -1,0 +1,148 @@
+"""What one Locust user does: hold a channel to the target, send the current
+phase's request (back to back, or at the open-loop schedule), and record it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import gevent
+
+from loadgen import _openloop
+from loadgen._options import Options
+from loadgen._protocols import GrpcError, KServeClient, SetupError, Target, TorchServeClient, random_inputs
+from loadgen._recorder import RECORDER
+from loadgen._run import STATE
+
+log = logging.getLogger("modelsoak.loadgen")
+# Per process: the resolved target and the input arrays for each batch size.
+_TARGETS: dict[tuple[str, str, str, int], Target] = {}
+_ARRAYS: dict[tuple[Target, int], dict[str, Any]] = {}
+SETUP_ERRORS: list[str] = []
+
+
+def resolve_target(opts: Options, batch: int) -> Target:
+    key = (opts.host, opts.model, opts.model_version, batch)
+    if key not in _TARGETS:
+        probe = KServeClient(opts.host, opts.request_timeout)
+        try:
+            if opts.protocol == "torchserve" and opts.model and opts.input_shape is not None:
+                from loadgen._protocols import InputSpec
+
+                spec = InputSpec("INPUT0", opts.datatype or "FP32", (batch, *opts.input_shape))
+                _TARGETS[key] = Target(
+                    opts.model, opts.model_version, (spec,), True, "", "torchserve", "", ""
+                )
+            else:
+                _TARGETS[key] = probe.resolve(
+                    opts.model, opts.model_version, batch, opts.input_shape, opts.datatype
+                )
+        finally:
+            probe.close()
+    return _TARGETS[key]
+
+
+def target_info(target: Target) -> dict[str, Any]:
+    return {
+        "model": target.model,
+        "version": target.version,
+        "platform": target.platform,
+        "server": target.server,
+        "server_version": target.server_version,
+        "sha256": target.sha256,
+        "inputs": [
+            {
+                "name": i.name,
+                "datatype": i.datatype,
+                "shape": list(i.shape[1:] if target.batchable else i.shape),
+            }
+            for i in target.inputs
+        ],
+    }
+
+
+class Session:
+    """One user's connection and counters."""
+
+    def __init__(self, environment: Any, host: str | None) -> None:
+        self.opts = Options.from_parsed(environment.parsed_options, host or environment.host)
+        self.environment = environment
+        if self.opts.protocol == "torchserve":
+            payload = None
+            path = getattr(environment.parsed_options, "payload_file", "") or ""
+            if path:
+                payload = Path(path).read_bytes()
+            self.client: Any = TorchServeClient(self.opts.host, self.opts.request_timeout, payload)
+        else:
+            self.client = KServeClient(self.opts.host, self.opts.request_timeout)
+        self.prepared_for: int | None = None
+        self.sent: Counter[str] = Counter()
+        self.total = 0
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _prepare(self, batch: int) -> None:
+        target = resolve_target(self.opts, batch)
+        STATE.extra["target"] = target_info(target)
+        arrays = _ARRAYS.get((target, batch))
+        if arrays is None:
+            arrays = _ARRAYS[(target, batch)] = random_inputs(target.inputs, self.opts.seed)
+        self.client.prepare(target, arrays)
+        self.prepared_for = batch
+
+    def step(self) -> None:
+        phase = STATE.phase
+        if phase is None or SETUP_ERRORS:
+            gevent.sleep(0.1)
+            return
+        if phase.requests_per_user and self.sent[phase.name] >= phase.requests_per_user:
+            gevent.sleep(0.2)  # this user's share of the phase is done
+            return
+        if self.prepared_for != phase.batch_size:
+            try:
+                self._prepare(phase.batch_size)
+            except (SetupError, OSError) as exc:
+                if not SETUP_ERRORS:
+                    SETUP_ERRORS.append(str(exc))
+                    log.error("cannot load-test %s: %s", self.opts.host, exc)
+                gevent.sleep(1.0)
+                return
+        scheduled = None
+        dispatcher = _openloop.DISPATCHER
+        if phase.rate > 0 and dispatcher is not None:
+            scheduled = dispatcher.take()
+            if scheduled is None:
+                return
+        self._send(phase.name, phase.batch_size, scheduled)
+
+    def _send(self, name: str, batch: int, scheduled: float | None) -> None:
+        if self.total < self.opts.warmup_requests:
+            name = "warmup"
+        self.total += 1
+        self.sent[name] += 1
+        t0 = time.perf_counter_ns()
+        exc: Exception | None = None
+        try:
+            size, server = self.client.infer()
+            status = "OK"
+        except GrpcError as e:
+            exc, status, size, server = e, e.status, 0, None
+        t1 = time.perf_counter_ns()
+        latency_ns = t1 - t0
+        if scheduled is not None:
+            # Open loop: from the scheduled send time, waiting for a free user included.
+            latency_ns = max(int((time.monotonic() - scheduled) * 1e9), latency_ns)
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            response_time=latency_ns / 1e6,
+            response_length=size,
+            exception=exc,
+            context={},
+        )
+        if name != "warmup":
+            RECORDER.record(name, latency_ns, status, batch, size, server)
