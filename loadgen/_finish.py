@@ -125,7 +125,17 @@ def _overall_breakdown(phases: list[dict[str, Any]]) -> dict[str, Any]:
 
 def finish(state: RunState, environment: Any) -> dict[str, Any] | None:
     """Write everything; returns the summary (None when the run never started)."""
-    if state.finalized or state.options is None or state.results is None:
+    if state.finalized:
+        return None
+    if state.setup_error:
+        state.finalized = True
+        state.end_background()
+        environment.process_exit_code = _summary.EXIT_SETUP
+        if state.results is not None:
+            (state.results / "error.txt").write_text(state.setup_error + "\n")
+        print(f"\nmodelsoak: the run could not start: {state.setup_error}", flush=True)
+        return None
+    if state.options is None or state.results is None:
         return None
     state.finalized = True
     state.end_phases()
@@ -134,11 +144,6 @@ def finish(state: RunState, environment: Any) -> dict[str, Any] | None:
     except Exception:
         log.exception("the last time-series point could not be written")
     state.end_background()
-    if state.setup_error:
-        environment.process_exit_code = _summary.EXIT_SETUP
-        (state.results / "error.txt").write_text(state.setup_error + "\n")
-        print(f"\nmodelsoak: the run could not start: {state.setup_error}", flush=True)
-        return None
     summary = build(state)
     (state.results / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     from loadgen import _report

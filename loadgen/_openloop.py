@@ -22,7 +22,10 @@ from gevent.queue import Empty, Queue
 
 from loadgen._recorder import RECORDER
 
-LATE_AFTER_S = 0.010  # a dispatcher this far behind its schedule counts the send as late
+# A dispatcher this far behind its schedule counts the send as late: well above
+# the event loop's jitter under load (a few ms), well below a stall that would
+# change the offered load.
+LATE_AFTER_S = 0.050
 
 
 class Dispatcher:
@@ -70,6 +73,7 @@ class Dispatcher:
             behind = time.monotonic() - next_at
             if behind > LATE_AFTER_S:
                 RECORDER.count_openloop("late")
+            RECORDER.note_behind(behind)
             if self.tickets.qsize() >= self.max_pending:
                 RECORDER.count_openloop("dropped")
                 continue

@@ -132,6 +132,20 @@ def add_arguments(parser: Any) -> None:
     )
     a("--seed", type=int, default=0, include_in_web_ui=True, help="seed for input data and Poisson arrivals")
     a(
+        "--series-interval",
+        type=float,
+        default=2.0,
+        include_in_web_ui=False,
+        help="seconds between points of timeseries.jsonl (and server memory samples)",
+    )
+    a(
+        "--latency-log",
+        default="",
+        include_in_web_ui=False,
+        help="also write every measured latency (ns, int64) of each process to DIR/latencies-PID.npy, "
+        "to check the reported percentiles against the raw data",
+    )
+    a(
         "--payload-file",
         default="",
         include_in_web_ui=True,
@@ -162,6 +176,8 @@ class Options:
     metrics_port: int
     pushgateway: str
     seed: int
+    latency_log: Path | None
+    series_interval: float
     headless: bool
     num_users: int | None
     spawn_rate: float | None
@@ -205,6 +221,8 @@ class Options:
             metrics_port=int(get("metrics_port", -1) if get("metrics_port") is not None else -1),
             pushgateway=(get("pushgateway") or "").rstrip("/"),
             seed=int(get("seed", 0) or 0),
+            latency_log=Path(get("latency_log")) if get("latency_log") else None,
+            series_interval=max(0.2, float(get("series_interval", 2.0) or 2.0)),
             headless=bool(get("headless", False)),
             num_users=get("num_users"),
             spawn_rate=get("spawn_rate"),

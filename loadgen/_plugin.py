@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -64,6 +65,8 @@ def _test_start(environment: Any, **_: Any) -> None:
     if STATE.role == "master":
         return
     opts = Options.from_parsed(environment.parsed_options, environment.host)
+    if opts.latency_log is not None and RECORDER.raw is None:
+        RECORDER.raw = []
     disp = _openloop.dispatcher(opts.max_pending, opts.arrival, opts.seed)
     disp.start()
     if STATE.phase is not None:
@@ -147,8 +150,21 @@ def _test_stop(environment: Any, **_: Any) -> None:
         gevent.spawn_later(4.0, finish, STATE, environment)
 
 
+def _write_latency_log(environment: Any) -> None:
+    opts = environment.parsed_options
+    folder = getattr(opts, "latency_log", "") if opts is not None else ""
+    if folder and RECORDER.raw is not None:
+        import os
+
+        import numpy as np
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        np.save(Path(folder) / f"latencies-{os.getpid()}.npy", np.array(RECORDER.raw, dtype=np.int64))
+
+
 @events.quitting.add_listener
 def _quitting(environment: Any, **_: Any) -> None:
+    _write_latency_log(environment)
     if STATE.role == "worker":
         if environment.process_exit_code is None:
             environment.process_exit_code = _summary.EXIT_SETUP if SETUP_ERRORS else _summary.EXIT_PASS

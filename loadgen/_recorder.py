@@ -68,6 +68,8 @@ class Recorder:
         self.openloop: Counter[str] = Counter()
         self.cpu_samples: list[float] = []
         self.started = time.time()
+        # Raw latencies (ns), kept only when --latency-log asks for them.
+        self.raw: list[int] | None = None
 
     def reset(self) -> None:
         with self._lock:
@@ -76,6 +78,8 @@ class Recorder:
             self.openloop.clear()
             self.cpu_samples.clear()
             self.started = time.time()
+            if self.raw is not None:
+                self.raw = []
 
     def record(
         self,
@@ -96,6 +100,8 @@ class Recorder:
             if status != "OK":
                 return
             us = latency_ns / 1000.0
+            if self.raw is not None:
+                self.raw.append(latency_ns)
             record_us(st.latency, us)
             record_us(self.window, us)
             st.samples += samples
@@ -116,6 +122,12 @@ class Recorder:
     def count_openloop(self, outcome: str, n: int = 1) -> None:
         with self._lock:
             self.openloop[outcome] += n
+
+    def note_behind(self, seconds: float) -> None:
+        """How far the open-loop dispatcher trails its schedule (the worst kept)."""
+        us = int(seconds * 1e6)
+        if us > self.openloop.get("max_behind_us", 0):
+            self.openloop["max_behind_us"] = us
 
     def add_cpu_sample(self, percent: float) -> None:
         with self._lock:
@@ -182,7 +194,10 @@ def merge(snapshots: dict[str, dict[str, Any]]) -> Merged:
     openloop: Counter[str] = Counter()
     cpu: dict[str, list[float]] = {}
     for worker, snap in snapshots.items():
-        openloop.update(snap.get("openloop", {}))
+        ol = dict(snap.get("openloop", {}))
+        behind = ol.pop("max_behind_us", 0)
+        openloop.update(ol)
+        openloop["max_behind_us"] = max(openloop.get("max_behind_us", 0), behind)
         cpu[worker] = list(snap.get("cpu", []))
         for name, d in snap.get("names", {}).items():
             st = names[name]

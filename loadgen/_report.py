@@ -105,7 +105,8 @@ def markdown(s: dict[str, Any]) -> str:
         ol = g["openloop"]
         lines.append(
             f"- Open loop: {ol['scheduled']} sends scheduled, {ol['late']} dispatched late, "
-            f"{ol['dropped']} dropped"
+            f"{ol['dropped']} dropped; the dispatcher trailed its schedule by "
+            f"{ol.get('max_behind_ms', 0):.1f} ms at worst"
         )
     if g["lost_workers"]:
         lines.append(f"- Lost workers: {', '.join(g['lost_workers'])}")

@@ -205,8 +205,9 @@ class RunState:
                 log.error("worker %s is gone %.0f s into the run", worker, time.time() - self.started)
 
     def _series_loop(self) -> None:
+        interval = self.options.series_interval if self.options else SERIES_INTERVAL_S
         while True:
-            gevent.sleep(SERIES_INTERVAL_S)
+            gevent.sleep(interval)
             try:
                 self.write_point()
             except Exception:  # the run's data matters more than one point

@@ -134,7 +134,8 @@ def generator_summary(state: RunState, merged: Merged) -> dict[str, Any]:
     late_fraction = ol.get("late", 0) / scheduled if scheduled else 0.0
     if late_fraction > v["max_late_fraction"]:
         reasons.append(
-            f"the open-loop schedule fell behind: {late_fraction:.1%} of sends were dispatched late"
+            f"the open-loop schedule fell behind: {late_fraction:.1%} of sends were dispatched more than "
+            f"50 ms late (worst {ol.get('max_behind_us', 0) / 1000:.0f} ms)"
         )
     for worker, when in sorted(state.lost_workers.items()):
         reasons.append(f"worker {worker} was lost {when - state.started:.0f} s into the run")
@@ -149,6 +150,7 @@ def generator_summary(state: RunState, merged: Merged) -> dict[str, Any]:
             "late": ol.get("late", 0),
             "dropped": ol.get("dropped", 0),
             "late_fraction": late_fraction,
+            "max_behind_ms": ol.get("max_behind_us", 0) / 1000.0,
         },
         "valid": not reasons,
         "invalid_reasons": reasons,

@@ -154,3 +154,62 @@ def output_array(resp: pb.ModelInferResponse, index: int = 0) -> object:
         return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
     values = getattr(out.contents, str(dt.contents_field))
     return np.asarray(list(values), dtype=dt.numpy).reshape(shape)
+
+
+LOCUST = str(Path(sys.executable).parent / "locust")
+
+
+class LocustRun:
+    """A finished `locust -f loadgen/` subprocess and its results folder."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str], results: Path) -> None:
+        self.returncode = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        self.results = results
+
+    def summary(self) -> dict:  # type: ignore[type-arg]
+        path = self.results / "summary.json"
+        assert path.exists(), f"no summary.json in {self.results}:\n{self.output[-3000:]}"
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def locust_cmd(
+    server: ServerProcess | None, results_dir: Path, *args: str, host: str | None = None
+) -> list[str]:
+    target = host or (f"grpc://{server.address}" if server else "")
+    return [LOCUST, "-f", str(ROOT / "loadgen"), "--headless", "--host", target,
+            "--results-dir", str(results_dir), "--run-id", "run", "--only-summary", *args]  # fmt: skip
+
+
+def run_locust(
+    server: ServerProcess | None, results_dir: Path, *args: str, timeout: float = 240, host: str | None = None
+) -> LocustRun:
+    proc = subprocess.run(
+        locust_cmd(server, results_dir, *args, host=host),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=results_dir,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
+    return LocustRun(proc, results_dir / "run")
+
+
+SHORT_PLAN = """
+latency: {duration_s: 4, users: 2}
+throughput: {phase_s: 2, users: 2}
+batch: {duration_s: 3}
+memory: {duration_s: 3, users: 2}
+concurrency: {users: 4, requests_per_user: 20}
+stress: {start_users: 1, max_users: 16, step_s: 3, p99_ms: 100.0}
+spike: {base_users: 1, spike_users: 6, base_s: 3, spike_s: 3, recovery_s: 3, recovery_factor: 20.0}
+soak: {users: 2, duration_s: 8, leak_warmup_s: 2}
+"""
+
+
+@pytest.fixture
+def short_plan(tmp_path: Path) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(SHORT_PLAN)
+    return path

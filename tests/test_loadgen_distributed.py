@@ -1,0 +1,192 @@
+"""Distributed runs: one Locust master and two workers as real processes; a lost
+worker, a killed master, and Locust's --processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LOCUST, ROOT, ServerProcess, locust_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def mlp(start_module_server: Callable[..., ServerProcess]) -> ServerProcess:
+    return start_module_server("--model", "mlp")
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def spawn(self, cmd: list[str], name: str) -> subprocess.Popen[str]:
+        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - the process owns it until the end
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=self.tmp,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def master(self, server: ServerProcess, port: int, *args: str) -> subprocess.Popen[str]:
+        cmd = locust_cmd(
+            server,
+            self.tmp,
+            "--master",
+            "--master-bind-host",
+            "127.0.0.1",
+            "--master-bind-port",
+            str(port),
+            "--expect-workers",
+            "2",
+            *args,
+        )
+        return self.spawn(cmd, "master")
+
+    def worker(self, port: int, name: str) -> subprocess.Popen[str]:
+        cmd = [
+            LOCUST,
+            "-f",
+            str(ROOT / "loadgen"),
+            "--worker",
+            "--master-host",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+        ]
+        return self.spawn(cmd, name)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    yield c
+    c.stop_all()
+
+
+def _plan(tmp: Path, text: str) -> str:
+    path = tmp / "plan.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_master_and_two_workers(mlp: ServerProcess, cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    master = cluster.master(
+        mlp,
+        port,
+        "--scenario",
+        "throughput",
+        "--slo-file",
+        _plan(tmp_path, "throughput: {phase_s: 2, users: 4}\n"),
+    )
+    workers = [cluster.worker(port, f"worker{i}") for i in range(2)]
+    assert master.wait(120) == 0, cluster.log("master")[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["provenance"]["workers"]) == 2
+    assert summary["verdict"] == "PASS" and not summary["generator"]["lost_workers"]
+    assert len(summary["generator"]["workers"]) == 2
+    # the master merged both workers: its totals match Locust's own count (warm-ups apart)
+    locust_total = sum(
+        int(line.split()[2])
+        for line in cluster.log("master").splitlines()
+        if line.startswith("grpc ") and "throughput[" in line and "|" in line  # the counts table
+    )
+    assert summary["totals"]["requests"] == locust_total
+    for w in workers:
+        assert w.wait(60) == 0
+
+
+def test_lost_worker_is_named_in_the_report(mlp: ServerProcess, cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    master = cluster.master(
+        mlp,
+        port,
+        "--scenario",
+        "soak",
+        "--slo-file",
+        _plan(tmp_path, "soak: {users: 4, duration_s: 16, leak_warmup_s: 1}\n"),
+    )
+    workers = [cluster.worker(port, f"worker{i}") for i in range(2)]
+    time.sleep(7)
+    workers[0].send_signal(signal.SIGKILL)
+    assert master.wait(120) == 4, cluster.log("master")[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    lost = summary["generator"]["lost_workers"]
+    assert len(lost) == 1, summary["generator"]
+    assert summary["verdict"] == "INVALID"
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"worker {lost[0]} was lost" in report
+    assert summary["totals"]["requests"] > 0  # what the lost worker measured before it died still counts
+
+
+def test_killed_master_leaves_the_time_series(mlp: ServerProcess, cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    master = cluster.master(
+        mlp,
+        port,
+        "--scenario",
+        "soak",
+        "--series-interval",
+        "0.5",
+        "--slo-file",
+        _plan(tmp_path, "soak: {users: 2, duration_s: 60}\n"),
+    )
+    for i in range(2):
+        cluster.worker(port, f"worker{i}")
+    series = tmp_path / "run" / "timeseries.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not series.exists() or len(series.read_text().splitlines()) < 6):
+        time.sleep(0.5)
+    master.send_signal(signal.SIGKILL)
+    master.wait(30)
+    points = [json.loads(line) for line in series.read_text().splitlines()]
+    assert len(points) >= 6
+    assert any(p.get("count", 0) > 0 and "p99_ms" in p for p in points)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_processes_flag(mlp: ServerProcess, tmp_path: Path) -> None:
+    cmd = locust_cmd(
+        mlp,
+        tmp_path,
+        "--processes",
+        "2",
+        "--scenario",
+        "latency",
+        "--slo-file",
+        _plan(tmp_path, "latency: {duration_s: 4, users: 2}\n"),
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["provenance"]["workers"]) == 2
