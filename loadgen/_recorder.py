@@ -17,11 +17,28 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 # 1 µs to 1 h at 3 significant digits: 0.1 % value error at any magnitude.
 LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
 PHASES = ("queue", "batch_assembly", "h2d", "compute", "d2h", "total")
+
+
+FOLD_EVERY = 50_000
+# Sub-buckets of the histogram: 2 * 10^DIGITS rounded up to a power of two.
+_SUB_BUCKET_MAGNITUDE = 10
+
+
+def quantized_counts(ns: np.ndarray) -> tuple[list[int], list[int]]:
+    """Latencies (ns) as microsecond values at the histogram's own resolution,
+    each distinct value with its count: recording these gives the histogram the
+    same contents as recording each value, with one call per distinct bucket."""
+    us = np.clip(np.rint(ns / 1000.0), LOWEST_US, HIGHEST_US).astype(np.int64)
+    magnitude = np.floor(np.log2(us)).astype(np.int64) - _SUB_BUCKET_MAGNITUDE
+    unit = np.left_shift(1, np.maximum(magnitude, 0))
+    values, counts = np.unique((us // unit) * unit, return_counts=True)
+    return values.tolist(), counts.tolist()
 
 
 def new_hist() -> HdrHistogram:
@@ -55,6 +72,8 @@ class NameStats:
     batch_size_sum: int = 0
     first_s: float = 0.0
     last_s: float = 0.0
+    pending: list[int] = field(default_factory=list)  # latencies (ns) not yet in `latency`
+    pending_server: list[dict[str, int]] = field(default_factory=list)
 
 
 class Recorder:
@@ -90,34 +109,50 @@ class Recorder:
         size: int,
         server: dict[str, int] | None,
     ) -> None:
-        now = time.time()
+        """One request. Latencies are only appended here; they reach the HDR
+        histograms in bulk when the recorder is read (see `_fold`), which keeps
+        the per-request cost near a list append."""
         with self._lock:
             st = self.names.get(name)
+            now = time.time()
             if st is None:
                 st = self.names[name] = NameStats(first_s=now)
             st.last_s = now
             st.statuses[status] += 1
             if status != "OK":
                 return
-            us = latency_ns / 1000.0
+            st.pending.append(latency_ns)
             if self.raw is not None:
                 self.raw.append(latency_ns)
-            record_us(st.latency, us)
-            record_us(self.window, us)
             st.samples += samples
             st.bytes_received += size
             if server:
-                st.server_count += 1
-                st.batch_size_sum += server.get("batch_size", 0)
-                for phase in PHASES:
-                    ns = server.get(phase)
-                    if ns is None:
-                        continue
-                    st.server_sum_ns[phase] += ns
-                    hist = st.server.get(phase)
-                    if hist is None:
-                        hist = st.server[phase] = new_hist()
-                    record_us(hist, ns / 1000.0)
+                st.pending_server.append(server)
+            if len(st.pending) >= FOLD_EVERY:
+                self._fold(st)
+
+    def _fold(self, st: NameStats) -> None:
+        """Move pending values into the histograms (lock held)."""
+        if st.pending:
+            lat, st.pending = st.pending, []
+            values, counts = quantized_counts(np.asarray(lat, dtype=np.int64))
+            for v, c in zip(values, counts, strict=True):
+                st.latency.record_value(v, c)
+                self.window.record_value(v, c)
+        if st.pending_server:
+            rows, st.pending_server = st.pending_server, []
+            st.server_count += len(rows)
+            st.batch_size_sum += sum(r.get("batch_size", 0) for r in rows)
+            for phase in PHASES:
+                ns = np.array([r[phase] for r in rows if phase in r], dtype=np.int64)
+                if not len(ns):
+                    continue
+                st.server_sum_ns[phase] += int(ns.sum())
+                hist = st.server.get(phase)
+                if hist is None:
+                    hist = st.server[phase] = new_hist()
+                for v, c in zip(*quantized_counts(ns), strict=True):
+                    hist.record_value(v, c)
 
     def count_openloop(self, outcome: str, n: int = 1) -> None:
         with self._lock:
@@ -137,6 +172,8 @@ class Recorder:
         """Cumulative state as plain data (for report_to_master); the interval
         histogram is shipped and reset."""
         with self._lock:
+            for st in self.names.values():
+                self._fold(st)
             names = {
                 name: {
                     "latency": encode(st.latency),

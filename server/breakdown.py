@@ -54,16 +54,18 @@ def fill_parameters(params: Any, t: RequestTiming) -> None:
 def parse(params: Mapping[str, Any]) -> dict[str, int] | None:
     """Phase -> ns from a response's parameters (protobuf map or JSON dict);
     None when the server sent no breakdown."""
-    if PHASE_KEYS["total"] not in params:
+    if _TOTAL not in params:
         return None
-    out: dict[str, int] = {}
-    for phase, key in PHASE_KEYS.items():
-        value = params.get(key) if hasattr(params, "get") else params[key]
-        if value is None:
-            continue
-        out[phase] = int(value.int64_param if hasattr(value, "int64_param") else value)
-    for name, key in (("batch_size", BATCH_SIZE_KEY), ("batch_requests", BATCH_REQUESTS_KEY)):
-        if key in params:
-            v = params[key]
-            out[name] = int(v.int64_param if hasattr(v, "int64_param") else v)
-    return out
+    names = _PARSE_NAMES
+    if isinstance(params, dict):
+        return {name: int(params[key]) for name, key in names if key in params}
+    # A protobuf map of InferParameter: read int64_param, without creating
+    # entries for absent keys (indexing a message map inserts them).
+    return {name: params[key].int64_param for name, key in names if key in params}
+
+
+_PARSE_NAMES = (
+    *PHASE_KEYS.items(),
+    ("batch_size", BATCH_SIZE_KEY),
+    ("batch_requests", BATCH_REQUESTS_KEY),
+)

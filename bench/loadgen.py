@@ -1,0 +1,176 @@
+"""Load-generator benchmarks (issue: the load generator), each measured in one run.
+
+- overhead: requests per CPU-second of one Locust process running our user
+  (`locust -f loadgen/`) vs a bare Locust gRPC user (bench/locust_bare), same
+  server (identity model), same payload, same user count (goal >= 0.90);
+- memory: RSS growth of a Locust master and worker over a long run, as a
+  Theil-Sen slope (MiB/h) with its significance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from bench._procs import interleaved, median, our_server
+from exporters.leak import LeakSettings, detect_leak
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUST = str(Path(sys.executable).parent / "locust")
+
+
+def _locust_rps(
+    locustfile: Path, port: int, users: int, duration: float, extra: list[str]
+) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "stats.json"
+        cmd = [
+            LOCUST,
+            "-f",
+            str(locustfile),
+            "--headless",
+            "--host",
+            f"grpc://127.0.0.1:{port}",
+            "-u",
+            str(users),
+            "-r",
+            str(users),
+            "-t",
+            f"{int(duration)}s",
+            "--json-file",
+            str(stats.with_suffix("")),
+            "--only-summary",
+            *extra,
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        ps = psutil.Process(proc.pid)
+        time.sleep(3.0)  # start-up and spawning excluded from the CPU count
+        c0, t0 = ps.cpu_times(), time.monotonic()
+        time.sleep(max(duration - 5.0, 1.0))
+        c1, t1 = ps.cpu_times(), time.monotonic()
+        proc.wait(120)
+        entries = json.loads(stats.read_text())
+    requests = sum(e["num_requests"] for e in entries if e["name"] != "warmup")
+    cpu_s = (c1.user - c0.user) + (c1.system - c0.system)
+    rps = requests / duration
+    # requests in the measured window, approximated by the run's average rate
+    return {
+        "rps": rps,
+        "cpu_utilization": cpu_s / (t1 - t0),
+        "requests_per_cpu_s": rps / max(cpu_s / (t1 - t0), 1e-9),
+    }
+
+
+def generator_overhead(duration: float = 15.0, rounds: int = 3, users: int = 16) -> dict[str, Any]:
+    samples: dict[str, list[dict[str, float]]] = {"bare": [], "ours": []}
+    with our_server("--model", "identity", "--max-queue-delay-us", "0") as srv:
+
+        def run(name: str, locustfile: Path, extra: list[str]) -> float:
+            result = _locust_rps(locustfile, srv["grpc"], users, duration, extra)
+            samples[name].append(result)
+            return result["requests_per_cpu_s"]
+
+        per_cpu = interleaved(
+            {
+                "bare": lambda: run("bare", ROOT / "bench" / "locust_bare" / "locustfile.py", []),
+                "ours": lambda: run("ours", ROOT / "loadgen", ["--warmup-requests", "0", "--input-shape", "256"]),
+            },
+            rounds,
+        )
+    med = {k: median(v) for k, v in per_cpu.items()}
+    return {
+        "setup": {
+            "users": users,
+            "duration_s": duration,
+            "rounds": rounds,
+            "model": "identity",
+            "shape": "1x256",
+        },
+        "requests_per_cpu_second": per_cpu,
+        "median_requests_per_cpu_second": med,
+        "median_rps": {k: median([s["rps"] for s in v]) for k, v in samples.items()},
+        "median_cpu_utilization": {k: median([s["cpu_utilization"] for s in v]) for k, v in samples.items()},
+        "ratio_generator_efficiency": med["ours"] / med["bare"],
+        "goals": {"ratio_generator_efficiency": 0.90},
+    }
+
+
+def generator_memory(duration: float = 120.0, users: int = 8, interval: float = 2.0) -> dict[str, Any]:
+    """RSS of a master and a worker sampled through a distributed run."""
+    with our_server("--model", "identity") as srv, tempfile.TemporaryDirectory() as tmp:
+        port = 5557
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        master = subprocess.Popen(
+            [
+                LOCUST,
+                "-f",
+                str(ROOT / "loadgen"),
+                "--headless",
+                "--master",
+                "--master-bind-port",
+                str(port),
+                "--expect-workers",
+                "1",
+                "--host",
+                f"grpc://127.0.0.1:{srv['grpc']}",
+                "-u",
+                str(users),
+                "-r",
+                str(users),
+                "-t",
+                f"{int(duration)}s",
+                "--results-dir",
+                tmp,
+                "--only-summary",
+            ],
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        worker = subprocess.Popen(
+            [LOCUST, "-f", str(ROOT / "loadgen"), "--worker", "--master-port", str(port)],
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        series: dict[str, list[tuple[float, float]]] = {"master": [], "worker": []}
+        start = time.monotonic()
+        while master.poll() is None:
+            for name, proc in (("master", master), ("worker", worker)):
+                with contextlib.suppress(psutil.Error):
+                    series[name].append(
+                        (time.monotonic() - start, float(psutil.Process(proc.pid).memory_info().rss))
+                    )
+            time.sleep(interval)
+        worker.wait(60)
+    out: dict[str, Any] = {"setup": {"duration_s": duration, "users": users, "interval_s": interval}}
+    for name, pts in series.items():
+        t = np.array([p[0] for p in pts])
+        v = np.array([p[1] for p in pts])
+        verdict = detect_leak(t, v, name, LeakSettings(warmup_s=min(30.0, duration / 4), min_samples=10))
+        out[name] = {
+            "rss_start_mib": float(v[0] / 2**20) if len(v) else None,
+            "rss_end_mib": float(v[-1] / 2**20) if len(v) else None,
+            "growth_mib_per_hour": verdict.slope_bytes_per_hour / 2**20 if verdict.samples else None,
+            "leak_suspected": verdict.suspected,
+            "verdict": verdict.reason,
+        }
+    return out
