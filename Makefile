@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 # The main job on an embedded default: server with a built-in model, a short
 # headless load test, a report and a verdict.
 demo: setup
-	$(PY) -m loadgen.demo
+	$(PY) -m loadgen._demo
 
 # Debian packages the tests use: Prometheus (with promtool) and the Pushgateway.
 system-deps:
