@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.modelsoak-installed
 
-.PHONY: setup demo test test-fast bench proto lint stack system-deps clean
+.PHONY: setup demo test test-fast bench proto lint stack system-deps tools clean
 
 setup: $(STAMP)
 
@@ -25,16 +25,21 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m loadgen._demo
 
-# Debian packages the tests use: Prometheus (with promtool) and the Pushgateway.
+# Debian packages the tests use: Prometheus (with promtool), the Pushgateway, and
+# libb64 (which Triton's perf_analyzer links).
 system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-	    || ! command -v prometheus-pushgateway >/dev/null; then \
+	    || ! command -v prometheus-pushgateway >/dev/null || ! ldconfig -p | grep -q libb64.so.0d; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    --no-install-recommends prometheus prometheus-pushgateway >/dev/null; \
+	    --no-install-recommends prometheus prometheus-pushgateway libb64-0d >/dev/null; \
 	fi
 
-test: setup system-deps
+# Triton's perf_analyzer, for the interoperability test (downloaded, never committed).
+tools: setup
+	$(PY) tools/fetch_perf_analyzer.py
+
+test: setup system-deps tools
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -94,6 +94,7 @@ class RunState:
         self.window = _recorder.new_hist()
         self.finalized = False
         self.setup_error = ""
+        self.extra.pop("last_point", None)
         self.watch = ServerWatch(opts.server_metrics_url) if opts.server_metrics_url else None
         self.series_file = (self.results / "timeseries.jsonl").open("a", buffering=1)
         RECORDER.reset()
@@ -219,11 +220,15 @@ class RunState:
         window, self.window = self.window, _recorder.new_hist()
         runner = self.environment.runner
         stats = runner.stats.total
+        now = time.time()
+        span = max(now - self.extra.get("last_point", self.started), 1e-3)
+        self.extra["last_point"] = now
         point: dict[str, Any] = {
             "t": round(time.time() - self.started, 3),
             "phase": self.phase.name if self.phase else "",
             "users": runner.user_count,
-            "rps": round(stats.current_rps, 3),
+            # successful requests measured in this interval (HDR counts), per second
+            "rps": round(window.get_total_count() / span, 3),
             "fail_rps": round(stats.current_fail_per_sec, 3),
             "count": window.get_total_count(),
         }
