@@ -60,16 +60,28 @@ class Dispatcher:
         return 1.0 / self.rate
 
     def _run(self) -> None:
-        next_at = time.monotonic()
+        last = time.monotonic()
         while True:
             if self.rate <= 0:
                 gevent.sleep(0.05)
-                next_at = time.monotonic()
+                last = time.monotonic()
                 continue
-            next_at += self._gap()
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                gevent.sleep(delay)
+            rate = self.rate
+            next_at = last + self._gap()
+            # Sleep in short slices: when the rate changes (a ramp, a new
+            # phase) the pending send is rescheduled at the new spacing.
+            while (delay := next_at - time.monotonic()) > 0:
+                gevent.sleep(min(delay, 0.1))
+                if self.rate != rate:
+                    rate = self.rate
+                    if rate <= 0:
+                        break
+                    # The new spacing counts from the last send, but never
+                    # from the past: a rescheduled send is not a late one.
+                    next_at = max(last + self._gap(), time.monotonic())
+            if self.rate <= 0:
+                continue
+            last = next_at
             behind = time.monotonic() - next_at
             if behind > LATE_AFTER_S:
                 RECORDER.count_openloop("late")

@@ -26,7 +26,11 @@ SCENARIOS = (
 def add_arguments(parser: Any) -> None:
     """Register our options on Locust's parser (events.init_command_line_parser)."""
     # Straight on the parser: Locust's argument groups do not take include_in_web_ui.
-    a = parser.add_argument
+    def a(flag: str, **kwargs: Any) -> None:
+        # Locust's own options each name their LOCUST_* variable; ours do the same.
+        kwargs.setdefault("env_var", "LOCUST_" + flag.lstrip("-").replace("-", "_").upper())
+        parser.add_argument(flag, **kwargs)
+
     a(
         "--protocol",
         choices=["kserve", "torchserve"],
@@ -105,6 +109,13 @@ def add_arguments(parser: Any) -> None:
         help="open loop: spacing of scheduled sends",
     )
     a(
+        "--arrival-ramp-s",
+        type=float,
+        default=0.0,
+        include_in_web_ui=True,
+        help="open loop: ramp the rate up from zero over the run's first seconds (steps: the stress plan's rates)",
+    )
+    a(
         "--max-pending",
         type=int,
         default=1000,
@@ -171,6 +182,7 @@ class Options:
     warmup_requests: int
     arrival_rate: float
     arrival: str
+    arrival_ramp_s: float
     max_pending: int
     server_metrics_url: str
     metrics_port: int
@@ -216,6 +228,7 @@ class Options:
             warmup_requests=int(get("warmup_requests", 10) or 0),
             arrival_rate=float(get("arrival_rate", 0.0) or 0.0),
             arrival=get("arrival") or "constant",
+            arrival_ramp_s=float(get("arrival_ramp_s", 0.0) or 0.0),
             max_pending=int(get("max_pending", 1000) or 1000),
             server_metrics_url=(get("server_metrics_url") or "").rstrip("/"),
             metrics_port=int(get("metrics_port", -1) if get("metrics_port") is not None else -1),

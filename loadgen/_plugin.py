@@ -70,7 +70,7 @@ def _test_start(environment: Any, **_: Any) -> None:
     disp = _openloop.dispatcher(opts.max_pending, opts.arrival, opts.seed)
     disp.start()
     if STATE.phase is not None:
-        disp.set_rate(STATE.phase.rate * STATE.rate_share)
+        disp.set_rate(STATE.rate_now * STATE.rate_share)
     if "cpu" not in STATE.extra:
         STATE.extra["cpu"] = gevent.spawn(_sample_cpu)
 

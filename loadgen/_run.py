@@ -46,6 +46,7 @@ class RunState:
     history: list[PhaseRecord] = field(default_factory=list)
     phase: Phase | None = None
     rate_share: float = 1.0
+    rate_now: float = 0.0
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     window: Any = None
     workers_seen: dict[str, float] = field(default_factory=dict)
@@ -135,7 +136,14 @@ class RunState:
     def phase_message(self) -> dict[str, Any]:
         assert self.phase is not None
         workers = self._worker_count()
-        return {"phase": self.phase.as_dict(), "rate_share": 1.0 / max(workers, 1), "run_id": self.run_id}
+        rate = self.phase.rate
+        ramp = self.options.arrival_ramp_s if self.options else 0.0
+        if ramp > 0:
+            # Open loop ramped from zero over the run's first seconds, re-sent
+            # every second: a piecewise-constant ramp.
+            rate *= min(1.0, max(time.time() - self.started, 0.0) / ramp)
+        return {"phase": self.phase.as_dict(), "rate_share": 1.0 / max(workers, 1), "run_id": self.run_id,
+                "rate_now": rate}
 
     def _worker_count(self) -> int:
         runner = self.environment.runner if self.environment is not None else None
@@ -156,11 +164,12 @@ class RunState:
         """Worker (or local): adopt the phase the master runs."""
         self.phase = Phase(**msg["phase"])
         self.rate_share = float(msg.get("rate_share", 1.0))
+        self.rate_now = float(msg.get("rate_now", self.phase.rate))
         self.run_id = msg.get("run_id", self.run_id)
         from loadgen._openloop import DISPATCHER
 
         if DISPATCHER is not None:
-            DISPATCHER.set_rate(self.phase.rate * self.rate_share)
+            DISPATCHER.set_rate(self.rate_now * self.rate_share)
 
     def _broadcast_loop(self) -> None:
         # Workers that join late, or miss a message, catch up within a second.

@@ -40,3 +40,33 @@ def test_open_loop_latency_grows_closed_loop_stays_flat(
     s = open_run.summary()
     ol = s["generator"]["openloop"]
     assert ol["scheduled"] > 600 and s["generator"]["valid"], ol
+
+
+def test_open_loop_rate_ramps_up(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    srv = start_server("--model", "sleep", "--param", "sleep_ms=1", "--max-batch-size", "0")
+    run = run_locust(
+        srv,
+        tmp_path,
+        "-u",
+        "20",
+        "-r",
+        "20",
+        "--arrival-rate",
+        "200",
+        "--arrival-ramp-s",
+        "6",
+        "-t",
+        "9",
+        "--series-interval",
+        "1",
+        "--input-shape",
+        "4",
+        "--warmup-requests",
+        "0",
+    )
+    assert run.returncode == 0, run.output[-2000:]
+    points = [json.loads(line) for line in (run.results / "timeseries.jsonl").read_text().splitlines()]
+    rates = [p["rps"] for p in points]
+    # a rising ramp (about 33 req/s more each second), then the full rate
+    assert rates[1] < 0.6 * max(rates) and max(rates) > 150, rates
+    assert rates[5] > rates[1], rates

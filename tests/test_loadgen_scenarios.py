@@ -225,3 +225,28 @@ def test_torchserve_protocol_against_our_server(mlp: ServerProcess, tmp_path: Pa
     assert s["totals"]["requests"] > 0 and s["totals"]["failures"] == 0
     assert s["server_breakdown"]["available"]
     assert s["totals"]["samples_per_s"] == pytest.approx(4 * s["totals"]["rps"], rel=0.01)
+
+
+def test_options_from_locust_conf_and_environment(mlp: ServerProcess, tmp_path: Path) -> None:
+    """Our options read LOCUST_<NAME> variables and locust.conf, as Locust's own do."""
+    import os
+    import subprocess
+
+    from tests.conftest import LOCUST, ROOT
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("latency: {duration_s: 3}\n")
+    (tmp_path / "locust.conf").write_text(
+        f"locustfile = {ROOT / 'loadgen'}\nheadless = true\nhost = grpc://{mlp.address}\nscenario = latency\n"
+        f"run-id = fromconf\nonly-summary = true\n"
+    )
+    env = {**os.environ, "LOCUST_SLO_FILE": str(plan), "LOCUST_RESULTS_DIR": str(tmp_path / "out")}
+    proc = subprocess.run(
+        [LOCUST], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    import json
+
+    summary = json.loads((tmp_path / "out" / "fromconf" / "summary.json").read_text())
+    assert summary["scenario"] == "latency"
+    assert summary["provenance"]["options"]["slo_file"] == str(plan)
