@@ -187,3 +187,20 @@ def test_profile_a_running_server(server: ServerProcess, model: str) -> None:
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     assert len(events) > 0
     assert Path(jobs[0]["summaries"][0]).read_text().strip()
+
+
+def test_profile_at_start_up(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    srv = start_server("--model", "mlp", "--profile-requests", "3", "--profile-dir", str(tmp_path / "prof"))
+    stub = srv.stub()
+    for _ in range(3):
+        stub.ModelInfer(infer_request("mlp", {"INPUT0": np.ones((1, 256), np.float32)}))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{srv.metrics_url}/profile", timeout=10) as resp:
+            jobs = json.loads(resp.read())["jobs"]
+        if jobs and jobs[0]["state"] != "recording":
+            break
+        time.sleep(0.2)
+    assert jobs[0]["state"] == "done" and jobs[0]["requests"] == 3
+    traces = sorted((tmp_path / "prof").glob("*.trace.json"))
+    assert traces and json.loads(traces[0].read_text())
