@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporters.leak import LeakSettings, LeakVerdict, detect_leak
+from exporters.leak import LeakSettings, LeakVerdict, detect_leak, warm_up
 from server import __version__
 from server.stats import HistogramSnapshot, StatsSnapshot
 
@@ -46,6 +46,9 @@ class LeakCache:
         self._lock = threading.Lock()
         self._at = 0.0
         self._verdicts: dict[str, LeakVerdict] = {}
+        # The detector runs in the process it watches: make its one-off
+        # allocations now rather than as a step at the start of its window.
+        warm_up(LeakSettings(warmup_s=core.settings.leak_warmup_s))
 
     def verdicts(self) -> dict[str, LeakVerdict]:
         with self._lock:
