@@ -138,6 +138,8 @@ def generator_memory(duration: float = 120.0, users: int = 8, interval: float = 
                 "--results-dir",
                 tmp,
                 "--only-summary",
+                "--input-shape",
+                "256",
             ],
             cwd=tmp,
             stdout=subprocess.DEVNULL,
@@ -155,6 +157,8 @@ def generator_memory(duration: float = 120.0, users: int = 8, interval: float = 
         start = time.monotonic()
         while master.poll() is None:
             for name, proc in (("master", master), ("worker", worker)):
+                if proc.poll() is not None:
+                    continue
                 with contextlib.suppress(psutil.Error):
                     series[name].append(
                         (time.monotonic() - start, float(psutil.Process(proc.pid).memory_info().rss))
