@@ -8,13 +8,15 @@ expressions are the real ones, checked below). Then every dashboard expression
 and every rule expression is evaluated through the HTTP API.
 
 Which scrape target each expression needs, and what is asserted about it, is
-the explicit table EXPECT below. The Locust master is not a target yet: the
-lead adds it to LOADGEN_TARGETS and switches EXPECT["loadgen"] to DATA.
+the explicit table EXPECT below. Two headless load generators (`locust -f
+loadgen/ --metrics-port`) are scrape targets too, and a real run pushes its
+summary to the Pushgateway at its end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import socket
@@ -38,7 +40,7 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from exporters import grafana
 from exporters.prometheus_api import PrometheusAPI, has_data
 from exporters.stack import RULES, Job, prometheus_config, start_prometheus, start_pushgateway, write_config
-from tests.conftest import ServerProcess, infer_request
+from tests.conftest import ServerProcess, infer_request, locust_cmd
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -61,19 +63,16 @@ SOURCES: list[tuple[str, tuple[str, ...]]] = [
 EXPECT = {
     "server": DATA,
     "pushgateway": DATA,
-    # Locust master metrics: no master runs in this module yet. TODO(lead): start
-    # one (headless, --metrics-port 0, --run-id RUN_ID) against the identity server,
-    # add its metrics address to LOADGEN_TARGETS, and set DATA here. The client
-    # target of "Failed requests by status" needs some failing requests in that
-    # run, as _load sends malformed ones for the server side.
-    "loadgen": EVALUATES,
+    # Two headless load generators (same run id) serve their metrics on ports of
+    # their own: one sends good requests, the other requests the server refuses
+    # (a wrong datatype), so the failure panels have data too.
+    "loadgen": DATA,
     # NVML metrics: data when the servers report modelsoak_gpu_metrics_info{status="present"};
     # without a GPU the expressions must come back empty (no invented zeros).
     "gpu": IF_GPU,
     # torch CUDA memory: empty on CPU servers; on CUDA only once torch initialised CUDA.
     "cuda": IF_CUDA,
 }
-LOADGEN_TARGETS: list[str] = []
 DEADLINE_S = 60.0  # how long an expression may take to return data after the stack is up
 _METRIC = re.compile(r"\b(modelsoak_\w+|nv_gpu_\w+|ALERTS|up)\b")
 
@@ -94,6 +93,7 @@ class Stack:
     gateway_url: str
     rules_copy: Path
     down_target: str
+    loadgen_ports: list[int]
 
     def instance(self, srv: ServerProcess) -> str:
         return f"127.0.0.1:{srv.metrics_port}"
@@ -122,6 +122,39 @@ def _load(stop: threading.Event, identity: ServerProcess, leaky: ServerProcess) 
             stubs[0].ModelInfer(bad if i % 10 == 0 else good, timeout=10)
         if i % 2 == 0:
             stubs[1].ModelInfer(leak, timeout=10)
+
+
+def _start_loadgen(
+    tmp: Path, server: ServerProcess, name: str, *args: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A headless `locust -f loadgen/` with its Prometheus metrics on a port of its own."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    workdir = tmp / name
+    workdir.mkdir()
+    cmd = [
+        *locust_cmd(
+            server,
+            workdir,
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "600",
+            "--input-shape",
+            "16",
+            "--metrics-port",
+            str(port),
+            "--warmup-requests",
+            "0",
+            *args,
+        )
+    ]
+    cmd[cmd.index("--run-id") + 1] = RUN_ID
+    log = open(workdir / "locust.log", "wb")  # noqa: SIM115 - the process owns it
+    return subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT), port
 
 
 def push_summary(url: str, run_id: str, passed: bool) -> None:
@@ -167,25 +200,35 @@ def stack(
     hole.bind(("127.0.0.1", 0))
     down = f"127.0.0.1:{hole.getsockname()[1]}"
     prom = None
+    loadgens = [
+        _start_loadgen(tmp, identity, "good"),
+        _start_loadgen(tmp, identity, "bad", "--datatype", "INT32"),
+    ]
     try:
         push_summary(gateway.url, RUN_ID, passed=True)
         jobs = [
             Job("modelsoak-server", [f"127.0.0.1:{s.metrics_port}" for s in (identity, leaky)]),
             Job("modelsoak-pushgateway", [f"127.0.0.1:{gateway.port}"], honor_labels=True),
             Job("modelsoak-absent", [down]),
-            *([Job("modelsoak-loadgen", LOADGEN_TARGETS)] if LOADGEN_TARGETS else []),
+            Job("modelsoak-loadgen", [f"127.0.0.1:{port}" for _, port in loadgens]),
         ]
         rules = _test_rules(tmp / "rules.yml")
         config = write_config(tmp / "prometheus.yml", prometheus_config(jobs, [rules], SCRAPE_S))
         prom = start_prometheus(config, tmp / "data", "127.0.0.1:0")
         api = PrometheusAPI(prom.url)
         api.wait_ready()
-        st = Stack(api, identity, leaky, gateway.url, rules, down)
+        st = Stack(api, identity, leaky, gateway.url, rules, down, [port for _, port in loadgens])
         rates = "sum by (instance) (rate(modelsoak_requests_total[5s]))"
         _eventually(lambda: len(api.query(rates)["result"]) == 2, what="request rates of both servers")
         _eventually(lambda: has_data(api.query("modelsoak_run_passed")), what="the pushed summary")
+        _eventually(
+            lambda: has_data(api.query("modelsoak_client_requests_total")), what="load-generator metrics"
+        )
         yield st
     finally:
+        for proc, _ in loadgens:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
         stop.set()
         loader.join(15)
         if prom is not None:
@@ -249,11 +292,14 @@ def test_make_stack_runs_and_stops(tmp_path: Path) -> None:
     assert not PrometheusAPI(urls["Prometheus"], timeout_s=2).ready()
 
 
-def test_server_metrics_pass_promtool_lint(stack: Stack) -> None:
-    for srv in (stack.identity, stack.leaky):
-        with urllib.request.urlopen(f"{srv.metrics_url}/metrics", timeout=10) as resp:
+def test_metrics_pass_promtool_lint(stack: Stack) -> None:
+    """Both endpoints: the servers' and the load generators' (Locust master)."""
+    urls = [f"{srv.metrics_url}/metrics" for srv in (stack.identity, stack.leaky)]
+    urls += [f"http://127.0.0.1:{port}/metrics" for port in stack.loadgen_ports]
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=10) as resp:
             text = resp.read()
-        assert b"modelsoak_requests_total" in text
+        assert b"modelsoak_requests_total" in text or b"modelsoak_client_requests_total" in text
         out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
         assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), (
             out.stdout.decode() + out.stderr.decode()
@@ -406,3 +452,35 @@ def test_dashboard_variables_resolve(stack: Stack, name: str) -> None:
             assert {stack.instance(stack.identity), stack.instance(stack.leaky)} <= set(got)
         elif "modelsoak_client_" not in query or EXPECT["loadgen"] == DATA:
             assert RUN_ID in got, f"${var}: {query} -> {got}"
+
+
+def test_a_run_pushes_its_summary_at_the_end(stack: Stack, tmp_path: Path) -> None:
+    """A real `locust -f loadgen/` run with --pushgateway: its verdict, percentiles
+    and throughput come back through Prometheus."""
+    cmd = locust_cmd(
+        stack.identity,
+        tmp_path,
+        "-u",
+        "1",
+        "-t",
+        "3",
+        "--input-shape",
+        "16",
+        "--pushgateway",
+        stack.gateway_url,
+    )
+    cmd[cmd.index("--run-id") + 1] = "pushed-by-a-run"
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    summary = json.loads((tmp_path / "pushed-by-a-run" / "summary.json").read_text())
+    result = _eventually(
+        lambda: stack.prom.query('modelsoak_run_passed{run_id="pushed-by-a-run"}')["result"],
+        what="the run's push",
+    )
+    assert result[0]["value"][1] == "1"
+    p99 = stack.prom.query('modelsoak_run_latency_seconds{run_id="pushed-by-a-run", quantile="0.99"}')[
+        "result"
+    ]
+    assert float(p99[0]["value"][1]) == pytest.approx(summary["totals"]["latency_ms"]["p99"] / 1000)
+    tput = stack.prom.query('modelsoak_run_throughput_samples_per_second{run_id="pushed-by-a-run"}')["result"]
+    assert float(tput[0]["value"][1]) == pytest.approx(summary["totals"]["samples_per_s"])
