@@ -53,7 +53,7 @@ proto: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server loadgen exporters bench
+	$(VENV)/bin/mypy server loadgen exporters bench tests tools
 
 stack: setup system-deps
 	$(PY) -m exporters.stack

@@ -132,9 +132,9 @@ def test_sigterm_drains_in_flight_requests(start_server: Callable[..., ServerPro
     assert srv.proc.wait(30) == 0
 
 
-def _get(url: str) -> dict:  # type: ignore[type-arg]
+def _get(url: str) -> dict:
     import json
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
+        return json.loads(resp.read())

@@ -23,10 +23,10 @@ SHAPE = [int(d) for d in os.environ.get("BARE_SHAPE", "1x256").split("x")]
 
 
 class _Events(grpc.UnaryUnaryClientInterceptor):
-    def __init__(self, environment) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, environment) -> None:
         self.environment = environment
 
-    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    def intercept_unary_unary(self, continuation, details, request):
         start = time.perf_counter()
         response = continuation(details, request)
         exc = response.exception()
