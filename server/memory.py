@@ -211,9 +211,13 @@ class MemorySampler:
             if column is None:
                 return np.empty(0), np.empty(0)
             n = min(self._count, self.max_samples)
-            start = self._count % self.max_samples if self._count > self.max_samples else 0
-            order = (np.arange(n) + start) % self.max_samples
-            times, values = self._times[order], column[order]
+            if self._count <= self.max_samples:
+                # Not wrapped yet: the first n slots in order, no index arrays.
+                times, values = self._times[:n].copy(), column[:n].copy()
+            else:
+                start = self._count % self.max_samples
+                order = (np.arange(n) + start) % self.max_samples
+                times, values = self._times[order], column[order]
         keep = ~np.isnan(values)
         return times[keep], values[keep]
 
