@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.modelsoak-installed
 
-.PHONY: setup demo test test-fast bench proto lint stack system-deps tools clean
+.PHONY: setup demo test test-fast bench proto lint stack system-deps tools k8s-sync image image-cuda clean
 
 setup: $(STAMP)
 
@@ -53,10 +53,20 @@ proto: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server loadgen exporters bench tests tools
+	$(VENV)/bin/mypy server loadgen exporters bench tests tools k8s/sync.py
 
 stack: setup system-deps
 	$(PY) -m exporters.stack
+
+# Kubernetes: regenerate the monitoring component's copies of exporters/ rules and dashboards.
+k8s-sync: setup
+	$(PY) k8s/sync.py
+
+# Container images (need a Docker daemon; not part of the tests).
+image:
+	docker build -t modelsoak:0.1.0 .
+image-cuda:
+	docker build -f Dockerfile.cuda -t modelsoak:0.1.0-cuda .
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info .pytest_cache .mypy_cache .ruff_cache
