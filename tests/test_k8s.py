@@ -66,7 +66,7 @@ def test_results_reader_validates_strictly() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-# The oldest Kubernetes the manifests are for (k8s/README.md), and the newest schemas.
+# The oldest Kubernetes the manifests are for (README, Kubernetes section), and the newest schemas.
 KUBERNETES_VERSIONS = ("1.29", "")
 
 
