@@ -11,13 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import server
+from bench import exporters, loadgen, server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "server_overhead": server.overhead_and_probes,
     "server_batching": server.batching,
+    "loadgen_overhead": loadgen.generator_overhead,
+    "loadgen_memory": loadgen.generator_memory,
+    "exporters_metrics_cost": exporters.metrics_cost,
 }
 
 

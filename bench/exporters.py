@@ -4,15 +4,22 @@
   probes, statistics, memory sampler and leak detector, and a scraper reading
   /metrics every second during the load, as Prometheus would) against off
   (`--no-probes --metrics-port -1`), same client and payload, interleaved
-  rounds (goal ratio >= 0.97); and how long a scrape of /metrics takes under
-  that load (median and p99, ms).
+  rounds (goal ratio >= 0.97); and how long a scrape of each /metrics takes
+  under load (median and p99, ms): the server's, during the "on" rounds, and the
+  Locust master's (`--metrics-port`), during a headless run against that server.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +59,72 @@ class Scraper:
             self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - t0)))
 
 
+ROOT = Path(__file__).resolve().parent.parent
+LOCUST = str(Path(sys.executable).parent / "locust")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _summary(times_ms: list[float]) -> dict[str, float | int]:
+    ms = np.asarray(times_ms) if times_ms else np.asarray([np.nan])
+    return {
+        "median": float(np.median(ms)),
+        "p99": float(np.percentile(ms, 99)),
+        "max": float(np.max(ms)),
+        "count": len(times_ms),
+    }
+
+
+def _loadgen_scrape(grpc_port: int, users: int, duration: float) -> dict[str, Any]:
+    """Scrape a headless Locust master's /metrics every second while it drives load."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [
+                LOCUST,
+                "-f",
+                str(ROOT / "loadgen"),
+                "--headless",
+                "--host",
+                f"grpc://127.0.0.1:{grpc_port}",
+                "-u",
+                str(users),
+                "-r",
+                str(users),
+                "-t",
+                f"{int(duration)}s",
+                "--results-dir",
+                tmp,
+                "--only-summary",
+                "--input-shape",
+                "256",
+                "--warmup-requests",
+                "0",
+                "--metrics-port",
+                str(port),
+            ],
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        url = f"http://127.0.0.1:{port}/metrics"
+        end = time.monotonic() + 60
+        while time.monotonic() < end and proc.poll() is None:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        with Scraper(url) as scraper:
+            proc.wait(duration + 120)
+    return {**_summary(scraper.times_ms), "bytes": scraper.bytes}
+
+
 def metrics_cost(
     duration: float = 10.0, rounds: int = 3, concurrency: int = 16, shape: str = "1x256"
 ) -> dict[str, Any]:
@@ -77,8 +150,8 @@ def metrics_cost(
             return float(result["rps"])
 
         rps = interleaved({"metrics_on": run_on, "metrics_off": run_off}, rounds)
+        loadgen_scrape = _loadgen_scrape(on["grpc"], concurrency, duration)
     med = {k: median(v) for k, v in rps.items()}
-    ms = np.asarray(scrapes) if scrapes else np.asarray([np.nan])
     return {
         "setup": {
             "duration_s": duration,
@@ -89,13 +162,9 @@ def metrics_cost(
         },
         "rps": rps,
         "median_rps": med,
-        "scrape_ms": {
-            "median": float(np.median(ms)),
-            "p99": float(np.percentile(ms, 99)),
-            "max": float(np.max(ms)),
-            "count": len(scrapes),
-        },
+        "scrape_ms": _summary(scrapes),
         "scrape_bytes": max(sizes, default=0),
+        "loadgen_scrape_ms": loadgen_scrape,
         "errors": errors,
         "ratio_metrics_on_off": med["metrics_on"] / med["metrics_off"],
         "goals": {"ratio_metrics_on_off": 0.97},

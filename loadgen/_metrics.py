@@ -112,9 +112,9 @@ class MasterCollector(Collector):
             "Load-generator CPU use, 0..1 per core.",
             labels=["run_id", "worker"],
         )
-        for worker, samples in merged.cpu.items():
-            if samples:
-                cpu.add_metric([run, worker], samples[-1] / 100.0)
+        for worker, stats in merged.cpu.items():
+            if stats.n:
+                cpu.add_metric([run, worker], stats.last / 100.0)
         if st.role == "master":
             cpu.add_metric([run, "master"], self._process.cpu_percent(None) / 100.0)
         yield cpu

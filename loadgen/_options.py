@@ -25,6 +25,7 @@ SCENARIOS = (
 
 def add_arguments(parser: Any) -> None:
     """Register our options on Locust's parser (events.init_command_line_parser)."""
+
     # Straight on the parser: Locust's argument groups do not take include_in_web_ui.
     def a(flag: str, **kwargs: Any) -> None:
         # Locust's own options each name their LOCUST_* variable; ours do the same.

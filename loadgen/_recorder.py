@@ -85,7 +85,7 @@ class Recorder:
         # Interval histogram for the time series: reset whenever it is shipped.
         self.window = new_hist()
         self.openloop: Counter[str] = Counter()
-        self.cpu_samples: list[float] = []
+        self.cpu = CpuStats()
         self.started = time.time()
         # Raw latencies (ns), kept only when --latency-log asks for them.
         self.raw: list[int] | None = None
@@ -95,7 +95,7 @@ class Recorder:
             self.names.clear()
             self.window = new_hist()
             self.openloop.clear()
-            self.cpu_samples.clear()
+            self.cpu = CpuStats()
             self.started = time.time()
             if self.raw is not None:
                 self.raw = []
@@ -166,7 +166,7 @@ class Recorder:
 
     def add_cpu_sample(self, percent: float) -> None:
         with self._lock:
-            self.cpu_samples.append(percent)
+            self.cpu.add(percent)
 
     def snapshot(self, take_window: bool = True) -> dict[str, Any]:
         """Cumulative state as plain data (for report_to_master); the interval
@@ -197,7 +197,7 @@ class Recorder:
                 "names": names,
                 "window": window,
                 "openloop": dict(self.openloop),
-                "cpu": list(self.cpu_samples),
+                "cpu": self.cpu.to_dict(),
                 "started": self.started,
             }
 
@@ -216,26 +216,87 @@ def unpack(blob: str) -> dict[str, Any]:
     return result
 
 
+class CpuStats:
+    """A process's CPU samples (percent, one a second) in constant space, so that
+    a 24-hour soak ships the same few hundred bytes every report as a 1-minute
+    run: the first `HEAD` samples (start-up) as they are, the rest as a
+    histogram at 0.1 % resolution, and the count, sum, maximum and last value."""
+
+    HEAD = 5
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total = 0.0
+        self.max = 0.0
+        self.last = 0.0
+        self.head: list[float] = []
+        self.hist: Counter[float] = Counter()
+
+    def add(self, percent: float) -> None:
+        self.n += 1
+        self.total += percent
+        self.max = max(self.max, percent)
+        self.last = percent
+        if len(self.head) < self.HEAD:
+            self.head.append(percent)
+        else:
+            self.hist[round(percent, 1)] += 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    def saturated_fraction(self, threshold: float) -> float:
+        """Share of the steady samples at or above `threshold` percent; the
+        start-up samples count only in runs too short to have a steady part."""
+        steady: Counter[float] = Counter(self.hist)
+        if self.n <= self.HEAD + 3:
+            steady.update(round(p, 1) for p in self.head)
+        count = sum(steady.values())
+        return sum(c for p, c in steady.items() if p >= threshold) / count if count else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "sum": self.total,
+            "max": self.max,
+            "last": self.last,
+            "head": list(self.head),
+            "hist": [[p, c] for p, c in self.hist.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CpuStats:
+        out = cls()
+        out.n = int(d.get("n", 0))
+        out.total = float(d.get("sum", 0.0))
+        out.max = float(d.get("max", 0.0))
+        out.last = float(d.get("last", 0.0))
+        out.head = [float(p) for p in d.get("head", [])]
+        out.hist = Counter({float(p): int(c) for p, c in d.get("hist", [])})
+        return out
+
+
 @dataclass
 class Merged:
     """The merge of every process's latest snapshot."""
 
     names: dict[str, NameStats]
     openloop: Counter[str]
-    cpu: dict[str, list[float]]
+    cpu: dict[str, CpuStats]
 
 
 def merge(snapshots: dict[str, dict[str, Any]]) -> Merged:
     """Merge worker snapshots (keyed by worker id) into histograms and counts."""
     names: dict[str, NameStats] = defaultdict(NameStats)
     openloop: Counter[str] = Counter()
-    cpu: dict[str, list[float]] = {}
+    cpu: dict[str, CpuStats] = {}
     for worker, snap in snapshots.items():
         ol = dict(snap.get("openloop", {}))
         behind = ol.pop("max_behind_us", 0)
         openloop.update(ol)
         openloop["max_behind_us"] = max(openloop.get("max_behind_us", 0), behind)
-        cpu[worker] = list(snap.get("cpu", []))
+        cpu[worker] = CpuStats.from_dict(snap.get("cpu") or {})
         for name, d in snap.get("names", {}).items():
             st = names[name]
             decode_into(st.latency, d["latency"])

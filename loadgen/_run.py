@@ -142,8 +142,12 @@ class RunState:
             # Open loop ramped from zero over the run's first seconds, re-sent
             # every second: a piecewise-constant ramp.
             rate *= min(1.0, max(time.time() - self.started, 0.0) / ramp)
-        return {"phase": self.phase.as_dict(), "rate_share": 1.0 / max(workers, 1), "run_id": self.run_id,
-                "rate_now": rate}
+        return {
+            "phase": self.phase.as_dict(),
+            "rate_share": 1.0 / max(workers, 1),
+            "run_id": self.run_id,
+            "rate_now": rate,
+        }
 
     def _worker_count(self) -> int:
         runner = self.environment.runner if self.environment is not None else None

@@ -116,14 +116,9 @@ def generator_summary(state: RunState, merged: Merged) -> dict[str, Any]:
     v = state.plan["validity"]
     workers = {}
     reasons = []
-    for worker, samples in merged.cpu.items():
-        steady = samples[5:] if len(samples) > 8 else samples  # the first seconds include start-up
-        saturated = sum(1 for s in steady if s >= v["max_cpu_percent"]) / len(steady) if steady else 0.0
-        workers[worker] = {
-            "cpu_max": max(samples, default=0.0),
-            "cpu_mean": float(np.mean(samples)) if samples else 0.0,
-            "saturated_fraction": saturated,
-        }
+    for worker, cpu in merged.cpu.items():
+        saturated = cpu.saturated_fraction(v["max_cpu_percent"])
+        workers[worker] = {"cpu_max": cpu.max, "cpu_mean": cpu.mean, "saturated_fraction": saturated}
         if saturated > v["max_saturated_fraction"]:
             reasons.append(
                 f"load generator {worker} was CPU-saturated (>= {v['max_cpu_percent']:g} %) for "

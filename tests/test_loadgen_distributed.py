@@ -115,6 +115,8 @@ def test_master_and_two_workers(mlp: ServerProcess, cluster: Cluster, tmp_path: 
     assert len(summary["provenance"]["workers"]) == 2
     assert summary["verdict"] == "PASS" and not summary["generator"]["lost_workers"]
     assert len(summary["generator"]["workers"]) == 2
+    for cpu in summary["generator"]["workers"].values():  # each worker watched its own CPU
+        assert 0 < cpu["cpu_mean"] <= cpu["cpu_max"], summary["generator"]
     # the master merged both workers: its totals match Locust's own count (warm-ups apart)
     locust_total = sum(
         int(line.split()[2])

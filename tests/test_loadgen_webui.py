@@ -90,6 +90,7 @@ def test_web_ui_run(start_server: Callable[..., ServerProcess], tmp_path: Path) 
         metrics = _get(base + "/metrics")
         assert 'modelsoak_client_requests_total{name="latency",run_id="from-ui",status="OK"}' in metrics
         assert "modelsoak_client_request_duration_seconds_bucket" in metrics
+        assert 'modelsoak_client_cpu_ratio{run_id="from-ui",worker="local"}' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -38,7 +38,9 @@ DTYPES = {
 def server(
     start_module_server: Callable[..., ServerProcess], tmp_path_factory: pytest.TempPathFactory
 ) -> ServerProcess:
-    models: list[dict[str, Any]] = [{"name": f"id_{k.lower()}", "source": "identity", "params": {"datatype": k}} for k in DTYPES]
+    models: list[dict[str, Any]] = [
+        {"name": f"id_{k.lower()}", "source": "identity", "params": {"datatype": k}} for k in DTYPES
+    ]
     models.append({"name": "fixed", "source": "identity", "params": {"dims": [4]}, "max_batch_size": 8})
     cfg = tmp_path_factory.mktemp("repo") / "models.yaml"
     cfg.write_text(yaml.safe_dump({"models": models}))
