@@ -126,7 +126,7 @@ def _loadgen_scrape(grpc_port: int, users: int, duration: float) -> dict[str, An
 
 
 def metrics_cost(
-    duration: float = 10.0, rounds: int = 3, concurrency: int = 16, shape: str = "1x256"
+    duration: float = 10.0, rounds: int = 5, concurrency: int = 16, shape: str = "1x256"
 ) -> dict[str, Any]:
     common = ("--model", "identity", "--max-queue-delay-us", "0")
     scrapes: list[float] = []
