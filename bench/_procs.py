@@ -95,3 +95,26 @@ def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUST = str(Path(sys.executable).parent / "locust")
+
+
+def headless_locust(locustfile: Path, grpc_port: int, users: int, duration: float, *extra: str) -> list[str]:
+    """A headless Locust command line: `users` users started at once for `duration` s."""
+    return [
+        LOCUST, "-f", str(locustfile), "--headless", "--host", f"grpc://127.0.0.1:{grpc_port}",
+        "-u", str(users), "-r", str(users), "-t", f"{int(duration)}s", "--only-summary", *extra,
+    ]  # fmt: skip
+
+
+def spawn_quiet(cmd: list[str], cwd: str) -> subprocess.Popen[bytes]:
+    """Start a process from `cwd` with the repository on its path, its output discarded."""
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )

@@ -11,20 +11,16 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench._procs import interleaved, load, median, our_server
+from bench._procs import ROOT, headless_locust, interleaved, load, median, our_server, spawn_quiet
 
 
 class Scraper:
@@ -59,10 +55,6 @@ class Scraper:
             self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - t0)))
 
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCUST = str(Path(sys.executable).parent / "locust")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,35 +75,11 @@ def _loadgen_scrape(grpc_port: int, users: int, duration: float) -> dict[str, An
     """Scrape a headless Locust master's /metrics every second while it drives load."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                LOCUST,
-                "-f",
-                str(ROOT / "loadgen"),
-                "--headless",
-                "--host",
-                f"grpc://127.0.0.1:{grpc_port}",
-                "-u",
-                str(users),
-                "-r",
-                str(users),
-                "-t",
-                f"{int(duration)}s",
-                "--results-dir",
-                tmp,
-                "--only-summary",
-                "--input-shape",
-                "256",
-                "--warmup-requests",
-                "0",
-                "--metrics-port",
-                str(port),
-            ],
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        cmd = headless_locust(
+            ROOT / "loadgen", grpc_port, users, duration, "--results-dir", tmp, "--input-shape", "256",
+            "--warmup-requests", "0", "--metrics-port", str(port),
+        )  # fmt: skip
+        proc = spawn_quiet(cmd, tmp)
         url = f"http://127.0.0.1:{port}/metrics"
         end = time.monotonic() + 60
         while time.monotonic() < end and proc.poll() is None:

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +20,8 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench._procs import interleaved, median, our_server
+from bench._procs import LOCUST, ROOT, headless_locust, interleaved, median, our_server, spawn_quiet
 from exporters.leak import LeakSettings, detect_leak
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCUST = str(Path(sys.executable).parent / "locust")
 
 
 def _locust_rps(
@@ -35,31 +29,10 @@ def _locust_rps(
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "stats.json"
-        cmd = [
-            LOCUST,
-            "-f",
-            str(locustfile),
-            "--headless",
-            "--host",
-            f"grpc://127.0.0.1:{port}",
-            "-u",
-            str(users),
-            "-r",
-            str(users),
-            "-t",
-            f"{int(duration)}s",
-            "--json-file",
-            str(stats.with_suffix("")),
-            "--only-summary",
-            *extra,
-        ]
-        proc = subprocess.Popen(
-            cmd,
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cmd = headless_locust(
+            locustfile, port, users, duration, "--json-file", str(stats.with_suffix("")), *extra
         )
+        proc = spawn_quiet(cmd, tmp)
         ps = psutil.Process(proc.pid)
         time.sleep(3.0)  # start-up and spawning excluded from the CPU count
         c0, t0 = ps.cpu_times(), time.monotonic()
@@ -120,43 +93,15 @@ def generator_memory(duration: float = 360.0, users: int = 8, interval: float = 
     (allocator arenas reaching their working size) and then stays flat."""
     with our_server("--model", "identity") as srv, tempfile.TemporaryDirectory() as tmp:
         port = 5557
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        master = subprocess.Popen(
-            [
-                LOCUST,
-                "-f",
-                str(ROOT / "loadgen"),
-                "--headless",
-                "--master",
-                "--master-bind-port",
-                str(port),
-                "--expect-workers",
-                "1",
-                "--host",
-                f"grpc://127.0.0.1:{srv['grpc']}",
-                "-u",
-                str(users),
-                "-r",
-                str(users),
-                "-t",
-                f"{int(duration)}s",
-                "--results-dir",
-                tmp,
-                "--only-summary",
-                "--input-shape",
-                "256",
-            ],
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        worker = subprocess.Popen(
-            [LOCUST, "-f", str(ROOT / "loadgen"), "--worker", "--master-port", str(port)],
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
+        master = spawn_quiet(
+            headless_locust(
+                ROOT / "loadgen", srv["grpc"], users, duration, "--master", "--master-bind-port", str(port),
+                "--expect-workers", "1", "--results-dir", tmp, "--input-shape", "256",
+            ),
+            tmp,
+        )  # fmt: skip
+        worker = spawn_quiet(
+            [LOCUST, "-f", str(ROOT / "loadgen"), "--worker", "--master-port", str(port)], tmp
         )
         series: dict[str, list[tuple[float, float]]] = {"master": [], "worker": []}
         start = time.monotonic()
