@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from exporters.server_metrics import LeakCache
-from server.backends import ModelSource, prepare_model
+from server.backends import prepare_model
 from server.config import ServerSettings
 from server.errors import ShuttingDown
 from server.kserve import InferenceServicer
@@ -77,19 +77,9 @@ class ServerCore:
         return [self._prepare_entry(entry) for entry in entries]
 
     def _prepare_entry(self, entry: ModelEntry) -> ServedModel:
-        src = ModelSource(
-            name=entry.name,
-            source=entry.source,
-            backend=entry.backend,
-            device=entry.device,
-            params=dict(entry.params),
-            inputs=entry.inputs,
-            outputs=entry.outputs,
-            max_batch_size=entry.max_batch_size,
-        )
         t0 = time.perf_counter()
         try:
-            prepared = prepare_model(src, self.settings.cache_dir)
+            prepared = prepare_model(entry, self.settings.cache_dir)
             instances = [prepared.create_instance(i) for i in range(entry.instances)]
         except Exception as exc:
             self.registry.mark_failed(entry, str(exc))

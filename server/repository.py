@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from server.backends import ModelSource
 from server.errors import InvalidInput, ModelNotFound, ModelNotReady
 from server.scheduler import Scheduler
 from server.stats import ModelStats
 from server.types import ModelInfo, TensorSpec
 
 MODEL_FILES = ("model.onnx", "model.pt", "model.ts", "model.pth")
-ENTRY_KEYS = {
-    "name", "version", "source", "backend", "device", "params", "inputs", "outputs",
-    "max_batch_size", "max_queue_delay_us", "max_queue_size", "instances",
-}  # fmt: skip
 
 
 class RepositoryError(ValueError):
@@ -37,21 +34,16 @@ class RepositoryError(ValueError):
 
 
 @dataclass
-class ModelEntry:
-    """One model version to serve, with its scheduling settings."""
+class ModelEntry(ModelSource):
+    """One model version to serve: what to load, and its scheduling settings."""
 
-    name: str
-    source: str
     version: str = "1"
-    backend: str = "onnx"
-    device: str = "cpu"
-    params: dict[str, Any] = field(default_factory=dict)
-    inputs: list[TensorSpec] | None = None
-    outputs: list[TensorSpec] | None = None
-    max_batch_size: int | None = None
     max_queue_delay_us: int = 500
     max_queue_size: int = 1024
     instances: int = 1
+
+
+ENTRY_KEYS = {f.name for f in fields(ModelEntry)}
 
 
 def parse_tensor_spec(text: str | dict[str, Any]) -> TensorSpec:

@@ -364,8 +364,9 @@ def _run_soak_job(cluster: LocalCluster, tag: str) -> tuple[int, Path, str]:
 
 
 def _pushed(cluster: LocalCluster, run_id: str) -> dict[str, float]:
-    if not any(p.name.startswith("modelsoak-pushgateway") for p in cluster.pods):
-        pytest.skip("no prometheus-pushgateway here (apt-get install prometheus-pushgateway)")
+    assert any(p.name.startswith("modelsoak-pushgateway") for p in cluster.pods), (
+        "no Pushgateway pod ran: `make system-deps` installs prometheus-pushgateway"
+    )
     with urllib.request.urlopen(f"http://127.0.0.1:{cluster.ports[9091]}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     found = {}
