@@ -1,5 +1,7 @@
 """`make bench` / `python -m bench [NAME ...]`: run the benchmarks, print a table
-of ratios against their goals, and write bench/results/<name>.json."""
+of ratios against their goals, and write bench/results/<name>.json.
+
+Exits 1 when any ratio misses its goal (and names each one), 0 otherwise."""
 
 from __future__ import annotations
 
@@ -61,7 +63,11 @@ def main() -> int:
     print("\nbenchmark          ratio                     measured   goal    status")
     for name, key, value, goal, status in rows:
         print(f"{name:<18} {key:<25} {value:8.3f}   >= {goal:.2f}  {status}")
-    return 0
+    missed = [(name, key, value, goal) for name, key, value, goal, status in rows if status != "PASS"]
+    for name, key, value, goal in missed:
+        print(f"missed: {name} {key} = {value:.3f}, goal >= {goal:.2f}")
+    # A benchmark run is a check: a ratio under its goal fails the command.
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
