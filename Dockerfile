@@ -42,6 +42,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY loadgen ./loadgen
+COPY loadtest ./loadtest
 COPY exporters ./exporters
 # A regular (not editable) install: the console scripts modelsoak-server and
 # locust, and the packages in site-packages. /app/loadgen stays as the folder
@@ -49,7 +50,7 @@ COPY exporters ./exporters
 # filesystem is read-only at run time.
 RUN pip install /app \
     && rm -rf /app/build /app/*.egg-info \
-    && python -m compileall -q /app/loadgen
+    && python -m compileall -q /app/loadgen /app/loadtest
 
 # The built-in models, made once here (ONNX export, the same bytes on every
 # build of the same definition and torch version).

@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 # The main job on an embedded default: server with a built-in model, a short
 # headless load test, a report and a verdict.
 demo: setup
-	$(PY) -m loadgen._demo
+	$(PY) -m loadtest.demo
 
 # Debian packages the tests use: Prometheus (with promtool), the Pushgateway, and
 # libb64 (which Triton's perf_analyzer links).

@@ -1,6 +1,6 @@
 """modelsoak's load generator: `locust -f loadgen/ --host grpc://HOST:PORT`.
 
-This is the one file Locust imports from this folder (helpers start with "_"):
+This is the one file in this folder (the library is the `loadtest` package):
 exactly one concrete User class and one LoadTestShape. Protocol, model, batch
 size, scenario, SLO file and the rest are options (`locust -f loadgen/ --help`,
 or the web UI's "custom parameters"); with --scenario none, -u / -r / -t behave
@@ -17,8 +17,8 @@ grpc_gevent.init_gevent()
 
 from locust import LoadTestShape, User, constant, task  # noqa: E402
 
-from loadgen._plugin import tick  # noqa: E402  (registers the event listeners)
-from loadgen._user import Session  # noqa: E402
+from loadtest.plugin import tick  # noqa: E402  (registers the event listeners)
+from loadtest.user import Session  # noqa: E402
 
 
 class InferenceUser(User):

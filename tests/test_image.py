@@ -71,7 +71,8 @@ def test_entry_point_and_locustfile(name: str) -> None:
     assert proc.returncode == 0, proc.stderr
     # The manifests run `locust -f /app/loadgen`: the repository copied to WORKDIR.
     assert next(c.value[0] for c in cmds if c.cmd == "WORKDIR") == "/app"
-    assert ["loadgen", "./loadgen"] in [list(c.value) for c in cmds if c.cmd == "COPY"]
+    copies = [list(c.value) for c in cmds if c.cmd == "COPY"]
+    assert ["loadgen", "./loadgen"] in copies and ["loadtest", "./loadtest"] in copies
     assert (VENV_BIN / "locust").exists()
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from loadgen._plan import DEFAULTS
-from loadgen._recorder import CpuStats, Merged, NameStats, merge, pack, unpack
-from loadgen._run import RunState
-from loadgen._summary import generator_summary
+from loadtest.plan import DEFAULTS
+from loadtest.recorder import CpuStats, Merged, NameStats, merge, pack, unpack
+from loadtest.run import RunState
+from loadtest.summary import generator_summary
 
 
 def _cpu(samples: list[float]) -> CpuStats:

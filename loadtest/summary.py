@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from exporters.leak import LeakSettings, detect_leak
-from loadgen._recorder import PHASES, Merged, NameStats
-from loadgen._run import RunState
+from loadtest.recorder import PHASES, Merged, NameStats
+from loadtest.run import RunState
 
 EXIT_PASS, EXIT_SETUP, EXIT_SLO, EXIT_INVALID = 0, 2, 3, 4
 QUANTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -153,7 +153,7 @@ def generator_summary(state: RunState, merged: Merged) -> dict[str, Any]:
 
 
 def totals(merged: Merged, duration: float) -> dict[str, Any]:
-    from loadgen._recorder import new_hist
+    from loadtest.recorder import new_hist
 
     all_lat = new_hist()
     statuses: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""`make demo` / `python -m loadgen._demo`: the whole job on an embedded default.
+"""`make demo` / `python -m loadtest.demo`: the whole job on an embedded default.
 
 Starts our server with a built-in model on free local ports, runs a short
 headless load test of the performance-test template against it with
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-LOADGEN = Path(__file__).resolve().parent
+from loadtest.cli import locustfile_dir
+
 # Phases short enough for a demo, long enough to measure: about 40 s in all.
 SHORT_PLAN = """\
 latency: {duration_s: 8}
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             "-m",
             "locust",
             "-f",
-            str(LOADGEN),
+            str(locustfile_dir()),
             "--headless",
             "--only-summary",
             "--host",
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(60)
     summary = run_dir / "summary.json"
     if summary.exists():
-        from loadgen._report import verdict_table
+        from loadtest.report import verdict_table
 
         print(verdict_table(json.loads(summary.read_text()), run_dir))
     else:

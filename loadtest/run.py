@@ -16,11 +16,11 @@ from typing import Any, TextIO
 
 import gevent
 
-from loadgen import _recorder
-from loadgen._options import Options
-from loadgen._plan import Phase, load_plan, phases_for
-from loadgen._recorder import RECORDER, Merged, merge, unpack
-from loadgen._server_watch import ServerWatch
+from loadtest import recorder as _recorder
+from loadtest.options import Options
+from loadtest.plan import Phase, load_plan, phases_for
+from loadtest.recorder import RECORDER, Merged, merge, unpack
+from loadtest.server_watch import ServerWatch
 
 log = logging.getLogger("modelsoak.loadgen")
 PHASE_MESSAGE = "modelsoak_phase"
@@ -170,7 +170,7 @@ class RunState:
         self.rate_share = float(msg.get("rate_share", 1.0))
         self.rate_now = float(msg.get("rate_now", self.phase.rate))
         self.run_id = msg.get("run_id", self.run_id)
-        from loadgen._openloop import DISPATCHER
+        from loadtest.openloop import DISPATCHER
 
         if DISPATCHER is not None:
             DISPATCHER.set_rate(self.rate_now * self.rate_share)

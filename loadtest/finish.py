@@ -13,9 +13,10 @@ import logging
 import time
 from typing import Any
 
-from loadgen import _slo, _summary
-from loadgen._provenance import collect
-from loadgen._run import RunState
+from loadtest import slo as _slo
+from loadtest import summary as _summary
+from loadtest.provenance import collect
+from loadtest.run import RunState
 
 log = logging.getLogger("modelsoak.loadgen")
 
@@ -146,12 +147,12 @@ def finish(state: RunState, environment: Any) -> dict[str, Any] | None:
     state.end_background()
     summary = build(state)
     (state.results / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    from loadgen import _report
+    from loadtest import report as _report
 
     _report.write(state.results, summary)
     print(_report.verdict_table(summary, state.results), flush=True)
     if state.options.pushgateway:
-        from loadgen._metrics import push_summary
+        from loadtest.metrics import push_summary
 
         try:
             push_summary(state.options.pushgateway, summary)

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loadgen import _svg
-from loadgen._advice import bottlenecks, suggestions
+from loadtest import svg as _svg
+from loadtest.advice import bottlenecks, suggestions
 
 
 def _ms(x: Any) -> str:

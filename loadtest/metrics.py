@@ -18,7 +18,7 @@ from server.stats import LATENCY_BUCKETS
 if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
 
-    from loadgen._run import RunState
+    from loadtest.run import RunState
 
 log = logging.getLogger("modelsoak.loadgen")
 

@@ -13,12 +13,15 @@ import psutil
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadgen import _openloop, _plan, _slo, _summary
-from loadgen._finish import finish
-from loadgen._options import Options, add_arguments
-from loadgen._recorder import RECORDER, pack
-from loadgen._run import PHASE_MESSAGE, STATE
-from loadgen._user import SETUP_ERRORS
+from loadtest import openloop as _openloop
+from loadtest import plan as _plan
+from loadtest import slo as _slo
+from loadtest import summary as _summary
+from loadtest.finish import finish
+from loadtest.options import Options, add_arguments
+from loadtest.recorder import RECORDER, pack
+from loadtest.run import PHASE_MESSAGE, STATE
+from loadtest.user import SETUP_ERRORS
 
 FLUSH_MESSAGE = "modelsoak_flush"
 FINAL_MESSAGE = "modelsoak_final"
@@ -48,7 +51,7 @@ def _init(environment: Any, **_: Any) -> None:
     if STATE.role == "master":
         runner.register_message(FINAL_MESSAGE, _on_final)
     if STATE.role in ("master", "local") and environment.parsed_options is not None:
-        from loadgen._metrics import attach
+        from loadtest.metrics import attach
 
         attach(environment, STATE, environment.parsed_options.metrics_port)
 

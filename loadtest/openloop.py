@@ -20,7 +20,7 @@ import time
 import gevent
 from gevent.queue import Empty, Queue
 
-from loadgen._recorder import RECORDER
+from loadtest.recorder import RECORDER
 
 # A dispatcher this far behind its schedule counts the send as late: well above
 # the event loop's jitter under load (a few ms), well below a stall that would

@@ -11,11 +11,11 @@ from typing import Any
 
 import gevent
 
-from loadgen import _openloop
-from loadgen._options import Options
-from loadgen._protocols import GrpcError, KServeClient, SetupError, Target, TorchServeClient, random_inputs
-from loadgen._recorder import RECORDER
-from loadgen._run import STATE
+from loadtest import openloop as _openloop
+from loadtest.options import Options
+from loadtest.protocols import GrpcError, KServeClient, SetupError, Target, TorchServeClient, random_inputs
+from loadtest.recorder import RECORDER
+from loadtest.run import STATE
 
 log = logging.getLogger("modelsoak.loadgen")
 # Per process: the resolved target and the input arrays for each batch size.
@@ -30,7 +30,7 @@ def resolve_target(opts: Options, batch: int) -> Target:
         probe = KServeClient(opts.host, opts.request_timeout)
         try:
             if opts.protocol == "torchserve" and opts.model and opts.input_shape is not None:
-                from loadgen._protocols import InputSpec
+                from loadtest.protocols import InputSpec
 
                 spec = InputSpec("INPUT0", opts.datatype or "FP32", (batch, *opts.input_shape))
                 _TARGETS[key] = Target(
