@@ -127,7 +127,7 @@ def load_callable(spec: str, what: str) -> Callable[[], Any]:
         raise SetupError(f"--{what} {spec!r}: {file} has no function {func!r}")
     if not callable(fn):
         raise SetupError(f"--{what} {spec!r}: {func} in {file} is not callable")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _call(spec: str, what: str, fn: Callable[[], Any]) -> Any:
