@@ -92,6 +92,7 @@ class EpochRecord:
     peak_rss_bytes: float
     t0: float = 0.0  # sampler clock at the epoch's start / end
     t1: float = 0.0
+    complete: bool = True  # False when --steps ended it early
 
 
 @dataclass
@@ -134,7 +135,7 @@ class LiveRun:
 
 def _loader(work: Workload, opts: BenchOptions, seed: int, ddp: tuple[int, int] | None) -> DataLoader[Any]:
     g = torch.Generator().manual_seed(seed)
-    sampler = None
+    sampler: Any = None
     if ddp is not None:
         from torch.utils.data.distributed import DistributedSampler
 
@@ -339,6 +340,7 @@ def _epoch(
         rss,
         t0,
         t1,
+        steps == len(loader),
     )
 
 
@@ -357,5 +359,7 @@ def _read_losses(pending: list[torch.Tensor], live: LiveRun, result: RunResult, 
 
 def grad_norm(model: nn.Module) -> float:
     """Total L2 norm of the gradients (a device sync: read only every log interval)."""
-    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in model.parameters() if p.grad is not None]
+    norms = [
+        torch.linalg.vector_norm(p.grad.detach().float()) for p in model.parameters() if p.grad is not None
+    ]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
