@@ -11,18 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from server.stats import RequestTiming
+from server.stats import PHASES, RequestTiming
 
 PREFIX = "modelsoak_"
-# Phase -> parameter name; values are nanoseconds.
-PHASE_KEYS = {
-    "queue": PREFIX + "queue_ns",
-    "batch_assembly": PREFIX + "batch_assembly_ns",
-    "h2d": PREFIX + "h2d_ns",
-    "compute": PREFIX + "compute_ns",
-    "d2h": PREFIX + "d2h_ns",
-    "total": PREFIX + "server_total_ns",
-}
+# Phase -> parameter name; values are nanoseconds. "total" is "server_total" on the
+# wire, so that a client's own total is never mistaken for it.
+PHASE_KEYS = {p: PREFIX + ("server_total" if p == "total" else p) + "_ns" for p in PHASES}
 _QUEUE, _ASSEMBLY, _H2D, _COMPUTE, _D2H, _TOTAL = PHASE_KEYS.values()
 BATCH_SIZE_KEY = PREFIX + "batch_size"
 BATCH_REQUESTS_KEY = PREFIX + "batch_requests"

@@ -32,7 +32,7 @@ import torch
 from onnx import helper
 from torch import nn
 
-from server.backends import DATATYPES, ModelLoadError
+from server.backends.base import DATATYPES, ModelLoadError
 from server.builtin_nets import Echo, LeakEffect, ResNet18, SleepEffect, make_mlp, release_leaked
 from server.types import SideEffect, TensorSpec
 

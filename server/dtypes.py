@@ -46,7 +46,6 @@ _TABLE = [
 
 DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
 _BY_NUMPY: dict[np.dtype, DType] = {d.numpy: d for d in _TABLE}
-_BY_TRITON: dict[int, DType] = {d.triton_enum: d for d in _TABLE}
 _BY_NUM: dict[int, DType] = {d.numpy.num: d for d in _TABLE}
 
 
@@ -68,10 +67,6 @@ def from_numpy(dtype: np.dtype) -> DType:
         return _BY_NUMPY[np.dtype(dtype)]
     except KeyError:
         raise ValueError(f"numpy dtype {dtype} has no protocol datatype") from None
-
-
-def from_triton_enum(value: int) -> DType:
-    return _BY_TRITON[value]
 
 
 def names() -> list[str]:

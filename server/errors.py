@@ -1,18 +1,20 @@
-"""The server's exceptions and the one place that maps them to gRPC status codes.
+"""The server's exceptions and the one place that maps them to gRPC and HTTP status.
 
 Every error a client can cause names what was wrong, what was expected and what
-was received, so a load test's failure log says why without a debugger.
+was received, so a load test's failure log says why without a debugger. The
+transports (server/kserve.py, server/torchserve.py, server/http.py) never pick a
+status code themselves: they ask `grpc_code` / `http_status` here.
 """
 
 from __future__ import annotations
+
+from typing import NoReturn
 
 import grpc
 
 
 class ServingError(Exception):
-    """Base of the errors a request can end in; `code` is the gRPC status."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    """Base of the errors a request can end in (INTERNAL unless a subclass says)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -22,19 +24,13 @@ class ServingError(Exception):
 class InvalidInput(ServingError):
     """Bad shape, datatype, byte size, missing or unknown tensor, bad parameter."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
 
 class ModelNotFound(ServingError):
     """Unknown model name or version."""
 
-    code = grpc.StatusCode.NOT_FOUND
-
 
 class ModelNotReady(ServingError):
     """The model exists but is not loaded (unloaded, or failed to load)."""
-
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 class QueueFull(ServingError):
@@ -47,32 +43,68 @@ class QueueFull(ServingError):
     It is also the status gRPC itself uses when max_concurrent_rpcs is hit.
     """
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
 
 class DeadlineExceeded(ServingError):
     """The request's deadline passed while it waited in the queue."""
-
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class ShuttingDown(ServingError):
     """The server is draining after SIGTERM and takes no new requests."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-
 
 class ExecutionFailed(ServingError):
     """The framework raised while running the model."""
 
-    code = grpc.StatusCode.INTERNAL
+
+class LoadFailed(ServingError):
+    """A model could not be (re)loaded on request (RepositoryModelLoad)."""
 
 
-def abort_with(context: grpc.ServicerContext, error: ServingError) -> None:
-    """End the RPC with the error's status; raises (grpc's abort never returns)."""
-    context.abort(error.code, error.message)
+_StatusCode = grpc.StatusCode
+# Error class -> (gRPC status, HTTP status). The HTTP codes follow KServe's v2 REST
+# mapping of the same conditions.
+_STATUS: dict[type[ServingError], tuple[grpc.StatusCode, int]] = {
+    ServingError: (_StatusCode.INTERNAL, 500),
+    InvalidInput: (_StatusCode.INVALID_ARGUMENT, 400),
+    ModelNotFound: (_StatusCode.NOT_FOUND, 404),
+    ModelNotReady: (_StatusCode.UNAVAILABLE, 503),
+    QueueFull: (_StatusCode.RESOURCE_EXHAUSTED, 429),
+    DeadlineExceeded: (_StatusCode.DEADLINE_EXCEEDED, 504),
+    ShuttingDown: (_StatusCode.UNAVAILABLE, 503),
+    ExecutionFailed: (_StatusCode.INTERNAL, 500),
+    LoadFailed: (_StatusCode.INTERNAL, 500),
+}
 
 
-def status_name(code: grpc.StatusCode) -> str:
-    """'INVALID_ARGUMENT' for grpc.StatusCode.INVALID_ARGUMENT."""
-    return str(code.name)
+def _status(error: ServingError) -> tuple[grpc.StatusCode, int]:
+    for cls in type(error).__mro__:
+        found = _STATUS.get(cls)
+        if found is not None:
+            return found
+    return _STATUS[ServingError]
+
+
+def grpc_code(error: ServingError) -> grpc.StatusCode:
+    """The gRPC status a request that ended in `error` gets."""
+    return _status(error)[0]
+
+
+def http_status(error: ServingError) -> int:
+    """The HTTP status for `error` on the server's HTTP port."""
+    return _status(error)[1]
+
+
+def status_name(error: ServingError) -> str:
+    """'INVALID_ARGUMENT' for an InvalidInput: the label statistics count it under."""
+    return str(grpc_code(error).name)
+
+
+def in_band(error: ServingError) -> str:
+    """The error as streaming RPCs carry it inside a response: 'STATUS: message'."""
+    return f"{status_name(error)}: {error.message}"
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> NoReturn:
+    """End the RPC with the error's status and message (grpc's abort raises)."""
+    await context.abort(grpc_code(error), error.message)
+    raise AssertionError("unreachable: ServicerContext.abort raises")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -11,10 +12,12 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client.exposition import choose_encoder
 
-from server.errors import ServingError
+from server.errors import ServingError, http_status
+from server.metrics import build_registry, stats_document, triton_gpu_text
+from server.netutil import PortInUse
 
 if TYPE_CHECKING:
-    from server.app import ServerCore
+    from server.core import ServerCore
 
 log = logging.getLogger("modelsoak.http")
 
@@ -47,8 +50,6 @@ class _Handler(BaseHTTPRequestHandler):
                 body += extra.encode()
             self._send(200, body, ctype)
         elif url.path == "/stats":
-            from exporters.server_metrics import stats_document
-
             self._json(200, stats_document(core))
         elif url.path == "/profile":
             self._json(200, {"jobs": [j.as_dict() for j in core.profiler.jobs()]})
@@ -79,7 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             job = self.server.core.profiler.start(model, requests)
         except ServingError as exc:
-            self._json(404 if exc.code.name == "NOT_FOUND" else 400, {"error": exc.message})
+            self._json(http_status(exc), {"error": exc.message})
             return
         self._json(202, job.as_dict())
 
@@ -93,9 +94,12 @@ class _HTTPServer(ThreadingHTTPServer):
 
 def start_http(core: ServerCore, host: str, port: int) -> _HTTPServer:
     """Serve the metrics port in a daemon thread; returns the bound server."""
-    from exporters.server_metrics import build_registry, triton_gpu_text
-
-    httpd = _HTTPServer((host, port), _Handler)
+    try:
+        httpd = _HTTPServer((host, port), _Handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port, "metrics") from None
+        raise
     httpd.core = core
     httpd.registry = build_registry(core)
     httpd.extra_text = lambda: triton_gpu_text(core)

@@ -1,24 +1,30 @@
-"""The KServe v2 / Open Inference Protocol servicer, with Triton's extensions."""
+"""The KServe v2 / Open Inference Protocol servicer, with Triton's extensions.
+
+A thin adapter: `KServeCodec` turns ModelInferRequest into arrays and arrays
+into ModelInferResponse; the data plane (server/dataplane.py) does the rest.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
+import numpy as np
 
 from server import __version__, breakdown, dtypes, tensors
-from server.errors import ServingError, status_name
+from server.dataplane import Decoded
+from server.errors import LoadFailed, ModelNotFound, ServingError, abort, in_band
 from server.proto import grpc_service_pb2 as pb
 from server.proto import grpc_service_pb2_grpc as pb_grpc
 from server.proto import model_config_pb2 as mc
 from server.repository import ServedModel
 from server.stats import Duration, StatsSnapshot
+from server.types import TRITON_BACKENDS, ModelInfo
 
 if TYPE_CHECKING:
-    from server.app import ServerCore
+    from server.core import ServerCore
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +35,34 @@ EXTENSIONS = ["model_configuration", "model_repository", "statistics", "paramete
 _NO_DEADLINE_S = 1e7
 
 
-def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+def timeout_of(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds left before the client's deadline; None when it set none."""
     remaining = context.time_remaining()
     return None if remaining is None or remaining > _NO_DEADLINE_S else float(remaining)
 
 
+class KServeCodec:
+    """ModelInferRequest in, ModelInferResponse out (raw or typed, as the request)."""
+
+    def decode(self, request: pb.ModelInferRequest, info: ModelInfo) -> Decoded:
+        inputs, batch, typed = tensors.decode_inputs(request, info)
+        return Decoded(inputs, batch, tensors.requested_outputs(request, info), typed, request.id)
+
+    def encode(
+        self, info: ModelInfo, decoded: Decoded, outputs: dict[str, np.ndarray]
+    ) -> pb.ModelInferResponse:
+        resp = pb.ModelInferResponse(model_name=info.name, model_version=info.version, id=decoded.request_id)
+        tensors.encode_outputs(resp, outputs, decoded.typed)
+        return resp
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ServerCore, breakdown_in_response: bool = True) -> None:
         self.core = core
+        self.plane = core.plane
+        self.codec = KServeCodec()
+        # Off only in bench/server.py's elimination runs, which measure its cost.
+        self.breakdown_in_response = breakdown_in_response
 
     # -- health and metadata ----------------------------------------------------
 
@@ -55,11 +81,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelReadyResponse:
         try:
             self.core.registry.get(request.name, request.version)
-        except ServingError as exc:
-            if exc.code == grpc.StatusCode.NOT_FOUND:
-                await context.abort(exc.code, exc.message)
+        except ModelNotFound as exc:
+            await abort(context, exc)
+        except ServingError:  # known but not loaded: a question with the answer no
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self.core.draining)
+        return pb.ModelReadyResponse(ready=not self.plane.draining)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -82,47 +108,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        start = time.perf_counter_ns()
-        model: ServedModel | None = None
         try:
-            model = self.core.model_for_inference(request.model_name, request.model_version)
-            return await self._infer(model, request, _timeout(context), start)
+            return await self._infer(request, context)
         except ServingError as exc:
-            if model is not None and self.core.settings.probes:
-                model.stats.record_failure(status_name(exc.code), time.perf_counter_ns() - start)
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
+            await abort(context, exc)
 
     async def _infer(
-        self, model: ServedModel, request: pb.ModelInferRequest, timeout: float | None, start: int
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        info = model.info
-        inputs, batch, typed = tensors.decode_inputs(request, info)
-        wanted = tensors.requested_outputs(request, info)
-        outputs, timing = await model.scheduler.infer(inputs, batch, wanted, timeout)
-        resp = pb.ModelInferResponse(model_name=info.name, model_version=info.version, id=request.id)
-        tensors.encode_outputs(resp, outputs, typed)
-        if timing is not None:
-            timing.total_ns = time.perf_counter_ns() - start
-            breakdown.fill_parameters(resp.parameters, timing)
-            model.stats.record_success(timing, batch)
-        return resp
+        result = await self.plane.infer(
+            self.codec, request.model_name, request.model_version, request, timeout_of(context)
+        )
+        if result.timing is not None and self.breakdown_in_response:
+            breakdown.fill_parameters(result.response.parameters, result.timing)
+        return result.response
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in request_iterator:
-            start = time.perf_counter_ns()
-            model: ServedModel | None = None
             try:
-                model = self.core.model_for_inference(request.model_name, request.model_version)
-                resp = await self._infer(model, request, _timeout(context), start)
+                resp = await self._infer(request, context)
                 yield pb.ModelStreamInferResponse(infer_response=resp)
             except ServingError as exc:
-                if model is not None and self.core.settings.probes:
-                    model.stats.record_failure(status_name(exc.code), time.perf_counter_ns() - start)
                 yield pb.ModelStreamInferResponse(
-                    error_message=f"{status_name(exc.code)}: {exc.message}",
+                    error_message=in_band(exc),
                     infer_response=pb.ModelInferResponse(
                         model_name=request.model_name, model_version=request.model_version, id=request.id
                     ),
@@ -164,9 +174,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             await self.core.load_model(request.model_name)
         except ServingError as exc:
-            await context.abort(exc.code, exc.message)
+            await abort(context, exc)
         except Exception as exc:  # a model that fails to load is the caller's news, not a crash
-            await context.abort(grpc.StatusCode.INTERNAL, f"loading '{request.model_name}' failed: {exc}")
+            await abort(context, LoadFailed(f"loading '{request.model_name}' failed: {exc}"))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -175,15 +185,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             await self.core.unload_model(request.model_name)
         except ServingError as exc:
-            await context.abort(exc.code, exc.message)
+            await abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
     async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> ServedModel:
         try:
             return self.core.registry.get(name, version)
         except ServingError as exc:
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
+            await abort(context, exc)
 
 
 def model_config(model: ServedModel) -> mc.ModelConfig:
@@ -193,7 +202,7 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
     cfg = mc.ModelConfig(
         name=info.name,
         platform=info.platform,
-        backend="onnxruntime" if info.backend == "onnx" else "pytorch",
+        backend=TRITON_BACKENDS.get(info.backend, info.backend),
         max_batch_size=info.max_batch_size,
     )
     skip = 1 if info.batchable else 0

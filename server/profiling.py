@@ -21,7 +21,7 @@ from server.scheduler import ProfileHook, Scheduler
 from server.types import Backend, ProfileResult
 
 if TYPE_CHECKING:
-    from server.app import ServerCore
+    from server.repository import ModelRegistry
 
 log = logging.getLogger("modelsoak.profiling")
 
@@ -126,8 +126,8 @@ class _Window(ProfileHook):
 class ProfileManager:
     """Opens profiling windows on models and keeps their jobs' status."""
 
-    def __init__(self, core: ServerCore, out_dir: Path) -> None:
-        self.core = core
+    def __init__(self, registry: ModelRegistry, out_dir: Path) -> None:
+        self.registry = registry
         self.out_dir = out_dir
         self._lock = threading.Lock()
         self._jobs: list[ProfileJob] = []
@@ -136,7 +136,7 @@ class ProfileManager:
     def start(self, model_name: str, requests: int) -> ProfileJob:
         if requests < 1:
             raise InvalidInput(f"requests={requests}: a profile needs at least 1 request")
-        model = self.core.registry.get(model_name)
+        model = self.registry.get(model_name)
         with self._lock:
             if model_name in self._windows:
                 raise InvalidInput(f"model '{model_name}' is already being profiled")

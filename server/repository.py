@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from server.backends import ModelSource
-from server.errors import InvalidInput, ModelNotFound, ModelNotReady
+from server.errors import ModelNotFound, ModelNotReady
 from server.scheduler import Scheduler
 from server.stats import ModelStats
 from server.types import ModelInfo, TensorSpec
@@ -295,8 +295,3 @@ class ModelRegistry:
                 else:
                     out.append((entry, "UNAVAILABLE", self._failed.get(key, "unloaded")))
             return out
-
-
-def check_version_arg(version: str) -> None:
-    if version and not version.isdigit():
-        raise InvalidInput(f"model version {version!r} must be a positive integer or empty")

@@ -8,7 +8,6 @@ exporter can publish them on scrape without touching the request path.
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
 from collections import Counter
@@ -25,6 +24,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+# The phases of a request's server-side time, in order; every other module (the
+# response breakdown, the exporters, the load generator's recorder) uses these names.
 PHASES = ("queue", "batch_assembly", "h2d", "compute", "d2h", "total")
 
 
@@ -57,10 +58,6 @@ class Histogram:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # last: +Inf
         self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
 
     def observe_many(self, values: np.ndarray) -> None:
         # searchsorted(side="left") puts a value equal to a bound in that bound's

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +26,15 @@ import numpy as np
 from google.protobuf import empty_pb2
 
 from server import breakdown, dtypes, tensors
-from server.errors import InvalidInput, ServingError, status_name
+from server.dataplane import Decoded
+from server.errors import InvalidInput, ServingError, abort, grpc_code, in_band
+from server.kserve import timeout_of
 from server.proto import torchserve_pb2 as ts
 from server.proto import torchserve_pb2_grpc as ts_grpc
 from server.types import ModelInfo
 
 if TYPE_CHECKING:
-    from server.app import ServerCore
+    from server.core import ServerCore
 
 
 def _array(spec_name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
@@ -111,9 +112,41 @@ def _json_data(arr: np.ndarray) -> list[Any]:
     return list(arr.reshape(-1).tolist())
 
 
+class TorchServeCodec:
+    """TorchServe's PredictionsRequest (JSON in `input`) in, JSON `prediction` out."""
+
+    def decode(self, request: ts.PredictionsRequest, info: ModelInfo) -> Decoded:
+        arrays, wanted, request_id = decode_json(dict(request.input), info)
+        known = [s.name for s in info.outputs]
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise InvalidInput(f"unknown requested output(s) {unknown} for model '{info.name}'")
+        batch = next(iter(arrays.values())).shape[0] if info.batchable else 1
+        return Decoded(arrays, batch, wanted or known, request_id=request_id)
+
+    def encode(self, info: ModelInfo, decoded: Decoded, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            "model_name": info.name,
+            "model_version": info.version,
+            "id": decoded.request_id,
+            "outputs": [
+                {
+                    "name": n,
+                    "datatype": dtypes.from_numpy(a.dtype).name,
+                    "shape": list(a.shape),
+                    "data": _json_data(a),
+                }
+                for n, a in outputs.items()
+            ],
+        }
+
+
 class TorchServeServicer(ts_grpc.InferenceAPIsServiceServicer):
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ServerCore, breakdown_in_response: bool = True) -> None:
         self.core = core
+        self.plane = core.plane
+        self.codec = TorchServeCodec()
+        self.breakdown_in_response = breakdown_in_response
 
     async def Ping(
         self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
@@ -127,8 +160,7 @@ class TorchServeServicer(ts_grpc.InferenceAPIsServiceServicer):
         try:
             return await self._predict(request, context)
         except ServingError as exc:
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
+            await abort(context, exc)
 
     async def StreamPredictions(
         self, request: ts.PredictionsRequest, context: grpc.aio.ServicerContext
@@ -143,9 +175,7 @@ class TorchServeServicer(ts_grpc.InferenceAPIsServiceServicer):
                 resp = await self._predict(request, context)
             except ServingError as exc:
                 resp = ts.PredictionResponse(
-                    status=ts.RpcStatus(
-                        code=exc.code.value[0], message=f"{status_name(exc.code)}: {exc.message}"
-                    )
+                    status=ts.RpcStatus(code=grpc_code(exc).value[0], message=in_band(exc))
                 )
             if request.HasField("sequenceId"):
                 resp.sequenceId = request.sequenceId
@@ -154,39 +184,10 @@ class TorchServeServicer(ts_grpc.InferenceAPIsServiceServicer):
     async def _predict(
         self, request: ts.PredictionsRequest, context: grpc.aio.ServicerContext
     ) -> ts.PredictionResponse:
-        start = time.perf_counter_ns()
-        model = self.core.model_for_inference(request.model_name, request.model_version)
-        info = model.info
-        try:
-            arrays, wanted, request_id = decode_json(dict(request.input), info)
-            wanted = wanted or [s.name for s in info.outputs]
-            unknown = [w for w in wanted if w not in {s.name for s in info.outputs}]
-            if unknown:
-                raise InvalidInput(f"unknown requested output(s) {unknown} for model '{info.name}'")
-            batch = next(iter(arrays.values())).shape[0] if info.batchable else 1
-            remaining = context.time_remaining()
-            timeout = None if remaining is None or remaining > 1e7 else float(remaining)
-            outputs, timing = await model.scheduler.infer(arrays, batch, wanted, timeout)
-        except ServingError as exc:
-            if self.core.settings.probes:
-                model.stats.record_failure(status_name(exc.code), time.perf_counter_ns() - start)
-            raise
-        body: dict[str, Any] = {
-            "model_name": info.name,
-            "model_version": info.version,
-            "id": request_id,
-            "outputs": [
-                {
-                    "name": n,
-                    "datatype": dtypes.from_numpy(a.dtype).name,
-                    "shape": list(a.shape),
-                    "data": _json_data(a),
-                }
-                for n, a in outputs.items()
-            ],
-        }
-        if timing is not None:
-            timing.total_ns = time.perf_counter_ns() - start
-            body["parameters"] = breakdown.as_dict(timing)
-            model.stats.record_success(timing, batch)
+        result = await self.plane.infer(
+            self.codec, request.model_name, request.model_version, request, timeout_of(context)
+        )
+        body = result.response
+        if result.timing is not None and self.breakdown_in_response:
+            body["parameters"] = breakdown.as_dict(result.timing)
         return ts.PredictionResponse(prediction=json.dumps(body).encode())

@@ -14,6 +14,13 @@ from typing import Any
 
 import numpy as np
 
+# The platform strings of KServe / Triton model metadata, by our backend name.
+PLATFORM_ONNX = "onnxruntime_onnx"
+PLATFORM_TORCH = "pytorch_libtorch"
+PLATFORMS = {"onnx": PLATFORM_ONNX, "torch": PLATFORM_TORCH}
+# Triton's ModelConfig `backend` field, by our backend name.
+TRITON_BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch"}
+
 
 @dataclass(frozen=True)
 class TensorSpec:

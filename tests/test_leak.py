@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from exporters.leak import LeakSettings, _workspace, detect_leak, theil_sen
+from server.leak import LeakSettings, _workspace, detect_leak, theil_sen
 
 MIB = 2**20
 BASE = 400 * MIB

@@ -13,20 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server import dtypes
-from server.dtypes import DType
-from server.types import Backend, TensorSpec
+from server.backends.base import DATATYPES, ONNX_BF16, ONNX_STRING, ModelLoadError, datatype_of_ort
+from server.types import PLATFORMS, Backend, TensorSpec
 
+__all__ = ["DATATYPES", "ONNX_BF16", "ONNX_STRING", "ModelLoadError", "ModelSource", "PreparedModel",
+           "datatype_of_ort", "prepare_model"]  # fmt: skip
 
-class ModelLoadError(ValueError):
-    """A model source, its parameters or its device cannot be served; the
-    message names what was wrong and what was expected."""
-
-
-# The datatype table lives in server.dtypes; the backends look names up here.
-DATATYPES: dict[str, DType] = dtypes.DTYPES
-ONNX_BF16 = DATATYPES["BF16"].onnx
-ONNX_STRING = DATATYPES["BYTES"].onnx
 
 #: Parameters every model accepts that configure the backend, not the model.
 BACKEND_OPTIONS = ("threads", "torch_mode")
@@ -34,16 +26,6 @@ TORCH_MODES = ("eager", "torchscript")
 #: max_batch_size of a batchable model file when none is given.
 DEFAULT_FILE_MAX_BATCH = 32
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".pth")
-
-
-def datatype_of_ort(type_string: str, where: str) -> str:
-    """KServe datatype of an ONNX Runtime type string such as "tensor(float)"."""
-    for d in DATATYPES.values():
-        if type_string == f"tensor({d.ort})":
-            return d.name
-    raise ModelLoadError(
-        f"{where} has type {type_string}, which modelsoak cannot serve; supported: {', '.join(DATATYPES)}"
-    )
 
 
 @dataclass
@@ -265,7 +247,7 @@ def _prepare_file(src: ModelSource, path: Path, options: BackendOptions) -> Prep
 
 
 def _platform(backend: str) -> str:
-    return "onnxruntime_onnx" if backend == "onnx" else "pytorch_libtorch"
+    return PLATFORMS[backend]
 
 
 def _given_options(src: ModelSource) -> dict[str, Any]:

@@ -33,9 +33,17 @@ import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 
-from server.backends import DATATYPES, ONNX_BF16, ModelLoadError, datatype_of_ort
+from server.backends.base import DATATYPES, ONNX_BF16, ModelLoadError, datatype_of_ort
 from server.errors import InvalidInput
-from server.types import Backend, ExecutionResult, PhaseTimes, ProfileResult, SideEffect, TensorSpec
+from server.types import (
+    PLATFORM_ONNX,
+    Backend,
+    ExecutionResult,
+    PhaseTimes,
+    ProfileResult,
+    SideEffect,
+    TensorSpec,
+)
 
 CUDA_EP = "CUDAExecutionProvider"
 _NUMPY_OF_ONNX = {d.onnx: d.numpy for d in DATATYPES.values()}
@@ -126,7 +134,7 @@ class _Profile:
 
 class OnnxBackend(Backend):
     kind = "onnx"
-    platform = "onnxruntime_onnx"
+    platform = PLATFORM_ONNX
 
     def __init__(
         self,

@@ -31,9 +31,17 @@ import torch
 from torch.autograd.profiler_util import EventList, FunctionEventAvg
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from server.backends import DATATYPES, ModelLoadError
+from server.backends.base import DATATYPES, ModelLoadError
 from server.errors import InvalidInput
-from server.types import Backend, ExecutionResult, PhaseTimes, ProfileResult, SideEffect, TensorSpec
+from server.types import (
+    PLATFORM_TORCH,
+    Backend,
+    ExecutionResult,
+    PhaseTimes,
+    ProfileResult,
+    SideEffect,
+    TensorSpec,
+)
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -191,7 +199,7 @@ def infer_outputs(path: Path, inputs: list[TensorSpec], device: str) -> list[Ten
 
 class TorchBackend(Backend):
     kind = "torch"
-    platform = "pytorch_libtorch"
+    platform = PLATFORM_TORCH
 
     def __init__(
         self,

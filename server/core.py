@@ -1,0 +1,145 @@
+"""The server's state, free of any transport: models, data plane, memory, profiles.
+
+`ServerCore` holds what every protocol reads (registry, data plane, readiness,
+memory sampler, leak verdicts, profiler) and is the API the metrics and the
+transports use; server/app.py binds it to ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from server.backends import prepare_model
+from server.config import ServerSettings
+from server.dataplane import DataPlane
+from server.leak import LeakCache
+from server.memory import MemorySampler
+from server.profiling import ProfileManager
+from server.repository import ModelEntry, ModelRegistry, ServedModel, parse_tensor_spec, resolve
+from server.scheduler import Scheduler
+from server.stats import ModelStats
+from server.types import ModelInfo
+
+log = logging.getLogger("modelsoak.server")
+
+
+class ServerCore:
+    """Models and state shared by the protocols, the metrics and the CLI."""
+
+    # The per-model queue and batcher; a benchmark may substitute its own.
+    scheduler_class: type[Scheduler] = Scheduler
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.device = settings.resolved_device()
+        self.registry = ModelRegistry()
+        self.plane = DataPlane(self.registry, settings.probes)
+        self.sampler = MemorySampler(interval_s=settings.memory_interval_s)
+        self.profiler = ProfileManager(self.registry, settings.profile_dir)
+        self.leaks = LeakCache(self.sampler, settings.leak_warmup_s)
+        self.started_at = time.time()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._load_lock = asyncio.Lock()
+
+    # -- models ---------------------------------------------------------------
+
+    def entries_from_settings(self) -> list[ModelEntry]:
+        s = self.settings
+        defaults: dict[str, Any] = {
+            "backend": s.backend,
+            "device": self.device,
+            "max_batch_size": s.max_batch_size,
+            "max_queue_delay_us": s.max_queue_delay_us,
+            "max_queue_size": s.max_queue_size,
+            "instances": s.instances,
+            "params": s.params,
+            "inputs": [parse_tensor_spec(t) for t in s.inputs] or None,
+            "outputs": [parse_tensor_spec(t) for t in s.outputs] or None,
+        }
+        return resolve(s.model, defaults)
+
+    def prepare_all(self) -> list[ServedModel]:
+        """Prepare every model of the repository (blocking; schedulers not started)."""
+        entries = self.entries_from_settings()
+        self.registry.add_catalog(entries)
+        return [self._prepare_entry(entry) for entry in entries]
+
+    def _prepare_entry(self, entry: ModelEntry) -> ServedModel:
+        t0 = time.perf_counter()
+        try:
+            prepared = prepare_model(entry, self.settings.cache_dir)
+            instances = [prepared.create_instance(i) for i in range(entry.instances)]
+        except Exception as exc:
+            self.registry.mark_failed(entry, str(exc))
+            raise
+        info = ModelInfo(
+            name=entry.name,
+            version=entry.version,
+            platform=prepared.platform,
+            backend=prepared.backend,
+            device=prepared.device,
+            inputs=list(prepared.inputs),
+            outputs=list(prepared.outputs),
+            max_batch_size=prepared.max_batch_size,
+            instances=entry.instances,
+            max_queue_delay_us=entry.max_queue_delay_us,
+            max_queue_size=entry.max_queue_size,
+            sha256=prepared.sha256,
+            source=prepared.source,
+            description=prepared.description,
+            parameters=dict(prepared.parameters),
+        )
+        stats = ModelStats(info.name, info.version)
+        scheduler = self.scheduler_class(
+            info, instances, stats, self.settings.probes, self.settings.execution
+        )
+        log.info(
+            "prepared model %s version %s (%s on %s, %d instance(s), max batch %d) in %.1f s",
+            info.name, info.version, info.backend, info.device, info.instances,
+            info.max_batch_size, time.perf_counter() - t0,
+        )  # fmt: skip
+        return ServedModel(info, scheduler, stats, entry)
+
+    def activate(self, model: ServedModel) -> None:
+        """Start the model's workers on the running loop and serve it."""
+        model.scheduler.start()
+        self.registry.put(model)
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload) every version of `name` from the repository."""
+        loop = asyncio.get_running_loop()
+        async with self._load_lock:
+            for entry in self.registry.entries(name):
+                fresh = await loop.run_in_executor(None, self._prepare_entry, entry)
+                old = self.registry.remove(entry.name, entry.version)
+                self.activate(fresh)
+                if old is not None:
+                    await self._retire(old)
+
+    async def unload_model(self, name: str) -> None:
+        async with self._load_lock:
+            for entry in self.registry.entries(name):
+                old = self.registry.remove(entry.name, entry.version)
+                self.registry.mark_failed(entry, "unloaded")
+                if old is not None:
+                    await self._retire(old)
+
+    async def _retire(self, model: ServedModel) -> None:
+        model.scheduler.close()
+        await model.scheduler.drain(self.settings.grace_s)
+        model.scheduler.shutdown_threads()
+        for inst in model.scheduler.instances:
+            inst.close()
+
+    @property
+    def draining(self) -> bool:
+        return self.plane.draining
+
+    def ready(self) -> bool:
+        return not self.plane.draining and bool(self.registry.loaded())
+
+    def model_infos(self) -> list[ModelInfo]:
+        return [m.info for m in self.registry.loaded()]
