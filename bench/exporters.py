@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench._procs import ROOT, headless_locust, interleaved, load, median, our_server, spawn_quiet
+from server.netutil import free_port
 
 
 class Scraper:
@@ -55,12 +55,6 @@ class Scraper:
             self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - t0)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _summary(times_ms: list[float]) -> dict[str, float | int]:
     ms = np.asarray(times_ms) if times_ms else np.asarray([np.nan])
     return {
@@ -73,7 +67,7 @@ def _summary(times_ms: list[float]) -> dict[str, float | int]:
 
 def _loadgen_scrape(grpc_port: int, users: int, duration: float) -> dict[str, Any]:
     """Scrape a headless Locust master's /metrics every second while it drives load."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cmd = headless_locust(
             ROOT / "loadgen", grpc_port, users, duration, "--results-dir", tmp, "--input-shape", "256",

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -37,16 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.netutil import free_port
 from tests.k8s_support import VENV_BIN, image_env, one, pod_templates
 
 # Images other than ours: the image's entry point, as a local binary.
 ENTRYPOINTS = {"prom/pushgateway": ["prometheus-pushgateway"]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the rewrites ------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from exporters import grafana
 from exporters.prometheus_api import PrometheusAPI, has_data
 from exporters.stack import RULES, Job, prometheus_config, start_prometheus, start_pushgateway, write_config
+from server.netutil import free_port
 from tests.conftest import ServerProcess, infer_request, locust_cmd
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
@@ -128,9 +129,7 @@ def _start_loadgen(
     tmp: Path, server: ServerProcess, name: str, *args: str
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A headless `locust -f loadgen/` with its Prometheus metrics on a port of its own."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     workdir = tmp / name
     workdir.mkdir()
     cmd = [
