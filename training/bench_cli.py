@@ -65,6 +65,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port", type=int, help="serve live Prometheus metrics on this port (0: any free port)"
     )
+    p.add_argument(
+        "--metrics-addr", default="127.0.0.1", help="address for --metrics-port (0.0.0.0 in a pod)"
+    )
     p.add_argument("--pushgateway", help="push the final summary to this Pushgateway URL")
     p.add_argument("--log-every", type=int, default=10, help="steps between loss reads and metric updates")
     p.add_argument(
@@ -211,7 +214,7 @@ def _monitor(args: argparse.Namespace, run_id: str, ddp: Any) -> Any:
 
     rank = ddp[0] if ddp else 0
     port = args.metrics_port + rank if args.metrics_port else 0  # one port per local rank
-    return TrainingMonitor(run_id, args.model, rank=rank, port=port)
+    return TrainingMonitor(run_id, args.model, rank=rank, port=port, addr=args.metrics_addr)
 
 
 def _scaling(args: argparse.Namespace, out: Path) -> int:

@@ -114,29 +114,32 @@ class StepTimer:
         if self._samples:
             self._breaks[len(self._samples) - 1] = self._now()
 
-    def records(self) -> StepRecords:
-        """Completed steps so far (a step counts once its optimizer phase is marked)."""
+    def records(self, since: int = 0) -> StepRecords:
+        """Completed steps from index `since` on (a step counts once its optimizer
+        phase is marked); the monitor reads only the steps it has not seen."""
         n = len(self._samples)
-        starts = np.asarray(self._starts[: n + 1], dtype=np.int64)
-        nxt = np.append(starts[1:], self._now())[:n] if n else np.zeros(0, np.int64)
+        a = min(since, n)
+        starts = np.asarray(self._starts[a : n + 1], dtype=np.int64)
+        m = n - a
+        nxt = np.append(starts[1:], self._now())[:m] if m else np.zeros(0, np.int64)
         for i, t in self._breaks.items():
-            if i < n:
-                nxt[i] = t
-        step = (nxt - starts[:n]) / 1e9
+            if a <= i < n:
+                nxt[i - a] = t
+        step = (nxt - starts[:m]) / 1e9
         phases: dict[str, np.ndarray] = {}
         if self._cuda:
-            done = min(n, len(self._device_ms) // 4)
-            dev = np.asarray(self._device_ms[: done * 4], dtype=float).reshape(done, 4) / 1e3
-            host = np.asarray(self._host[:n], dtype=np.int64)
-            phases["data"] = (host - starts[:n]) / 1e9
+            done = max(0, min(n, len(self._device_ms) // 4) - a)
+            dev = np.asarray(self._device_ms[a * 4 : (a + done) * 4], dtype=float).reshape(done, 4) / 1e3
+            host = np.asarray(self._host[a:n], dtype=np.int64)
+            phases["data"] = (host - starts[:m]) / 1e9
             for k, name in enumerate(PHASES[1:]):
-                col = np.full(n, np.nan)
+                col = np.full(m, np.nan)
                 col[:done] = dev[:, k]
                 phases[name] = col
         else:
-            marks = np.asarray(self._host[: n * 5], dtype=np.int64).reshape(n, 5)
-            prev = np.column_stack([starts[:n], marks[:, :4]]) if n else np.zeros((0, 5), np.int64)
+            marks = np.asarray(self._host[a * 5 : n * 5], dtype=np.int64).reshape(m, 5)
+            prev = np.column_stack([starts[:m], marks[:, :4]]) if m else np.zeros((0, 5), np.int64)
             for k, name in enumerate(PHASES):
                 phases[name] = (marks[:, k] - prev[:, k]) / 1e9
-        samples = np.asarray(self._samples, dtype=float)
-        return StepRecords((starts[:n] - self._origin) / 1e9, step, phases, samples, self.timing)
+        samples = np.asarray(self._samples[a:n], dtype=float)
+        return StepRecords((starts[:m] - self._origin) / 1e9, step, phases, samples, self.timing)
