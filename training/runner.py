@@ -90,6 +90,7 @@ class TrainResult:
     metric_higher_is_better: bool
     param_order: list[str]  # trainable parameters in the order the forward pass reaches them
     param_numel: dict[str, int]
+    param_ndim: dict[str, int]
     step_loss: list[float] = field(default_factory=list)
     step_lr: list[float] = field(default_factory=list)
     grad_norm: dict[str, list[float]] = field(default_factory=dict)
@@ -317,7 +318,8 @@ def train(
     x0 = next(iter(loader))[0].to(device)
     res = TrainResult(
         c, p.task, p.metric.name if p.metric else None, p.metric.higher_is_better if p.metric else False,
-        forward_order(model, x0), {n: q.numel() for n, q in named}, device=str(device),
+        forward_order(model, x0), {n: q.numel() for n, q in named}, {n: q.dim() for n, q in named},
+        device=str(device),
     )
     res.grad_norm = {n: [] for n, _ in named}
     res.update_ratio = {n: [] for n, _ in named}
