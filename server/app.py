@@ -139,8 +139,9 @@ class InferenceServer:
         self._stopped = True
         grace = self.settings.grace_s if grace_s is None else grace_s
         end = time.monotonic() + grace
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Refuse first, then say so: whoever sees NOT_SERVING finds requests refused.
         self.core.plane.draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         models = self.core.registry.loaded()
         for m in models:
             m.scheduler.close()

@@ -118,6 +118,7 @@ class MemorySampler:
         self._nvml = _Nvml() if nvml else None
         self._probes: list[Probe] = []
         self._lock = threading.Lock()
+        self._stored = threading.Condition(self._lock)  # notified after every sample
         self._times = np.full(max_samples, np.nan)
         self._columns: dict[str, np.ndarray] = {}
         self._count = 0  # samples taken in all; the ring holds the last max_samples
@@ -139,6 +140,22 @@ class MemorySampler:
         if self._thread is not None:
             self._thread.join(timeout=max(5.0, 2 * self.interval_s))
             self._thread = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the sampling thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_for(self, samples: int, timeout_s: float) -> bool:
+        """Block until `samples` samples have been taken since creation (False on timeout)."""
+        with self._stored:
+            return self._stored.wait_for(lambda: self._count >= samples, timeout_s)
+
+    @property
+    def taken(self) -> int:
+        """Samples taken since creation (the ring keeps the last max_samples)."""
+        with self._lock:
+            return self._count
 
     def _loop(self) -> None:
         while True:
@@ -188,6 +205,7 @@ class MemorySampler:
                     column[slot] = np.nan
             self._count += 1
             self._latest = dict(values, timestamp=when)
+            self._stored.notify_all()
 
     # ------------------------------------------------------------------ reading
 

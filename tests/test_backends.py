@@ -264,15 +264,20 @@ def test_onnx_profile_records_runs_on_other_threads(cache_dir: Path, tmp_path: P
 # --------------------------------------------------------------------------- CUDA
 
 
-@pytest.mark.gpu
-@CUDA
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_cuda_phases_are_timed_with_events(cache_dir: Path, backend: str) -> None:
+def _skip_without_ort_cuda(backend: str) -> None:
+    """The onnx cases of a CUDA test need onnxruntime-gpu besides a GPU: say so, not pass."""
     if backend == "onnx":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             pytest.skip("onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cuda_phases_are_timed_with_events(cache_dir: Path, backend: str) -> None:
+    _skip_without_ort_cuda(backend)
     model = load(cache_dir, "mlp", backend=backend, device="cuda")
     cpu = load(cache_dir, "mlp", backend=backend)
     x = np.random.default_rng(2).standard_normal((8, 256)).astype(np.float32)
@@ -286,25 +291,22 @@ def test_cuda_phases_are_timed_with_events(cache_dir: Path, backend: str) -> Non
 
 @pytest.mark.gpu
 @CUDA
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 @pytest.mark.parametrize("datatype", ["FP16", "BF16", "INT64", "BOOL"])
-def test_cuda_io_binding_round_trips(cache_dir: Path, datatype: str) -> None:
+def test_cuda_io_binding_round_trips(cache_dir: Path, datatype: str, backend: str) -> None:
     import ml_dtypes
-    import onnxruntime as ort
 
-    backends = ["torch"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        backends.append("onnx")
+    _skip_without_ort_cuda(backend)
     values = np.array([[0.0, -0.0, 1.5], [-2.25, 7.0, 1.0]], np.float32)
     numpy_type = {"FP16": np.float16, "BF16": ml_dtypes.bfloat16, "INT64": np.int64, "BOOL": np.bool_}[
         datatype
     ]
     data = values.astype(numpy_type)
-    for backend in backends:
-        model = load(
-            cache_dir, "identity", backend=backend, device="cuda", params={"datatype": datatype, "dims": [3]}
-        )
-        out = model.create_instance(0).run({"INPUT0": data}, ["OUTPUT0"]).outputs["OUTPUT0"]
-        assert out.dtype == data.dtype and out.tobytes() == data.tobytes(), backend
+    model = load(
+        cache_dir, "identity", backend=backend, device="cuda", params={"datatype": datatype, "dims": [3]}
+    )
+    out = model.create_instance(0).run({"INPUT0": data}, ["OUTPUT0"]).outputs["OUTPUT0"]
+    assert out.dtype == data.dtype and out.tobytes() == data.tobytes()
 
 
 @pytest.mark.gpu

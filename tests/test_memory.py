@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -12,10 +10,7 @@ from server.memory import MemorySampler
 
 
 def wait_for(sampler: MemorySampler, n: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while len(sampler) < n:
-        assert time.monotonic() < deadline, f"only {len(sampler)} samples in {timeout_s} s"
-        time.sleep(0.01)
+    assert sampler.wait_for(n, timeout_s), f"only {sampler.taken} samples in {timeout_s} s"
 
 
 def test_background_sampling_gives_a_growing_rss_series() -> None:
@@ -32,9 +27,9 @@ def test_background_sampling_gives_a_growing_rss_series() -> None:
     latest = sampler.latest()
     assert latest["rss_bytes"] == rss[-1] and latest["timestamp"] == times[-1]
     assert "cpu_percent" in sampler.sources()
-    count = len(sampler)
-    time.sleep(0.1)
-    assert len(sampler) == count  # stopped means stopped
+    # stopped means stopped: the thread is gone, so no sample can follow
+    assert not sampler.running
+    assert not sampler.wait_for(sampler.taken + 1, 3 * sampler.interval_s)
 
 
 def test_series_is_bounded_and_oldest_first() -> None:
@@ -90,6 +85,8 @@ def test_gpu_sources_on_a_gpu_machine() -> None:
     sampler = MemorySampler()
     values = sampler.sample()
     assert values["torch_cuda_allocated_bytes"] >= 64 << 20
-    if sampler.gpu_status() is None:
-        assert values["gpu0_memory_used_bytes"] > 0 and sampler.gpus()[0].uuid.startswith("GPU-")
     del block
+    reason = sampler.gpu_status()
+    if reason is not None:  # torch sees the GPU but NVML does not (no nvidia-ml-py, no driver library)
+        pytest.skip(f"the NVML half of this test needs NVML: {reason}")
+    assert values["gpu0_memory_used_bytes"] > 0 and sampler.gpus()[0].uuid.startswith("GPU-")

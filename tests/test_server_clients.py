@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from server.proto import grpc_service_pb2 as pb
 from server.proto import torchserve_pb2 as ts
 from server.proto import torchserve_pb2_grpc as ts_grpc
 from tests.conftest import ServerProcess, infer_request, output_array
+from tests.server_support import get_json, wait_until
 
 # tritonclient registers Triton's own `inference.*` protobuf messages, which clash
 # with ours in one process, so it runs in a subprocess of its own.
@@ -174,13 +174,10 @@ def test_profile_a_running_server(server: ServerProcess, model: str) -> None:
     x = np.ones((1, 256), np.float32)
     for _ in range(4):
         stub.ModelInfer(infer_request(model, {"INPUT0": x}))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{server.metrics_url}/profile", timeout=10) as resp:
-            jobs = [j for j in json.loads(resp.read())["jobs"] if j["id"] == job["id"]]
-        if jobs[0]["state"] != "recording":
-            break
-        time.sleep(0.2)
+    jobs = wait_until(
+        lambda: [j for j in get_json(f"{server.metrics_url}/profile")["jobs"] if j["id"] == job["id"]],
+        lambda js: js[0]["state"] != "recording", 60, "profile finished",
+    )  # fmt: skip
     assert jobs[0]["state"] == "done", jobs[0]
     assert jobs[0]["seen"] >= 4
     trace = json.loads(Path(jobs[0]["traces"][0]).read_text())
@@ -194,13 +191,10 @@ def test_profile_at_start_up(start_server: Callable[..., ServerProcess], tmp_pat
     stub = srv.stub()
     for _ in range(3):
         stub.ModelInfer(infer_request("mlp", {"INPUT0": np.ones((1, 256), np.float32)}))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{srv.metrics_url}/profile", timeout=10) as resp:
-            jobs = json.loads(resp.read())["jobs"]
-        if jobs and jobs[0]["state"] != "recording":
-            break
-        time.sleep(0.2)
+    jobs = wait_until(
+        lambda: get_json(f"{srv.metrics_url}/profile")["jobs"],
+        lambda js: bool(js) and js[0]["state"] != "recording", 60, "profile finished",
+    )  # fmt: skip
     assert jobs[0]["state"] == "done" and jobs[0]["requests"] == 3
     traces = sorted((tmp_path / "prof").glob("*.trace.json"))
     assert traces and json.loads(traces[0].read_text())

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server import breakdown
 from server.proto import grpc_service_pb2 as pb
 from tests.conftest import ServerProcess, infer_request
+from tests.server_support import get_json, model_stats, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -70,17 +71,21 @@ def test_expired_request_is_dropped_from_queue(start_server: Callable[..., Serve
     stub = srv.stub()
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(stub.ModelInfer, _req())
-        time.sleep(0.1)  # let the first occupy the only instance
+        # the first occupies the only instance: in flight, nothing queued behind it
+        wait_until(lambda: model_stats(srv.metrics_url, "sleep"),
+                   lambda m: m["in_flight"] == 1 and m["queue_depth"] == 0, 30, "request in flight")  # fmt: skip
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(_req(), timeout=0.1)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         first.result()
-    time.sleep(0.1)
-    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="sleep")).model_stats[0]
+    # The client's deadline and the server's fire apart: wait for the server to count it.
+    stats = wait_until(
+        lambda: stub.ModelStatistics(pb.ModelStatisticsRequest(name="sleep")).model_stats[0],
+        lambda st: st.inference_stats.fail.count >= 1, 30, "failure in the statistics",
+    )  # fmt: skip
     assert stats.execution_count == 1, "the expired request was executed anyway"
     assert stats.inference_stats.fail.count == 1
-    metrics = _get(srv.metrics_url + "/stats")
-    assert metrics["models"]["sleep"]["outcomes"].get("DEADLINE_EXCEEDED") == 1
+    assert model_stats(srv.metrics_url, "sleep")["outcomes"].get("DEADLINE_EXCEEDED") == 1
 
 
 def test_full_queue_is_refused_at_once(start_server: Callable[..., ServerProcess]) -> None:
@@ -108,7 +113,7 @@ def test_full_queue_is_refused_at_once(start_server: Callable[..., ServerProcess
     # refused at once: every refusal came back before the first success
     first_ok = min(t for o, t in finished if o == "OK")
     assert all(t < first_ok for o, t in finished if o == "FULL")
-    _get(srv.metrics_url + "/stats")  # still serving its HTTP side
+    get_json(srv.metrics_url + "/stats")  # still serving its HTTP side
     stub.ModelInfer(_req())
 
 
@@ -117,11 +122,15 @@ def test_sigterm_drains_in_flight_requests(start_server: Callable[..., ServerPro
                        "--max-queue-delay-us", "100000", "--grace-s", "20")  # fmt: skip
     stub = srv.stub()
     health = health_pb2_grpc.HealthStub(srv.channel())
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     with ThreadPoolExecutor(4) as pool:
         in_flight = [pool.submit(stub.ModelInfer, _req(value=float(i))) for i in range(4)]
-        time.sleep(0.4)
+        wait_until(lambda: model_stats(srv.metrics_url, "sleep"), lambda m: m["in_flight"] == 4, 30,
+                   "4 requests in flight")  # fmt: skip
         srv.proc.send_signal(15)
-        time.sleep(0.3)
+        # the drain begins with NOT_SERVING, and the server refuses requests from then on
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(_req(), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -130,11 +139,3 @@ def test_sigterm_drains_in_flight_requests(start_server: Callable[..., ServerPro
         results = [f.result(timeout=30) for f in in_flight]
     assert [np.frombuffer(r.raw_output_contents[0], np.float32)[0] for r in results] == [0.0, 1.0, 2.0, 3.0]
     assert srv.proc.wait(30) == 0
-
-
-def _get(url: str) -> dict:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())

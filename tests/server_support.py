@@ -1,0 +1,35 @@
+"""Helpers of the server tests: wait on what the server reports (a statistic, a
+job's state) instead of sleeping a fixed time."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(read: Callable[[], T], ready: Callable[[T], bool], timeout_s: float, what: str) -> T:
+    """Read until `ready(value)` holds and return that value; fail naming `what`
+    and the last value read when `timeout_s` passes first."""
+    end = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if ready(value):
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"no {what} within {timeout_s:g} s; last read: {value!r}")
+        time.sleep(0.02)  # the interval between two reads of the condition, not a wait for it
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def model_stats(metrics_url: str, model: str) -> dict[str, Any]:
+    """The model's entry of the server's /stats document (queue depth, in flight, outcomes)."""
+    return dict(get_json(metrics_url + "/stats")["models"][model])
