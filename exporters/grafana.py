@@ -323,10 +323,15 @@ def render() -> dict[str, str]:
     """File name -> JSON text of every dashboard."""
     from exporters.dashboard_soak import soak
     from exporters.dashboard_specs import live
+    from exporters.dashboard_training import training
 
     return {
         name: json.dumps(build(), indent=2) + "\n"
-        for name, build in (("modelsoak-live.json", live), ("modelsoak-soak.json", soak))
+        for name, build in (
+            ("modelsoak-live.json", live),
+            ("modelsoak-soak.json", soak),
+            ("modelsoak-training.json", training),
+        )
     }
 
 

@@ -13,7 +13,7 @@ import pytest
 from exporters import grafana
 from exporters.stack import RULES, default_jobs, prometheus_config
 
-NAMES = ["modelsoak-live.json", "modelsoak-soak.json"]
+NAMES = ["modelsoak-live.json", "modelsoak-soak.json", "modelsoak-training.json"]
 BUILTINS = {"__rate_interval", "__interval", "__range"}
 
 

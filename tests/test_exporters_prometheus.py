@@ -55,6 +55,7 @@ TEST_FOR_DEFAULT = "3s"
 DATA, EVALUATES, IF_GPU, IF_CUDA = "returns data", "evaluates", "data iff GPU metrics", "data iff CUDA"
 # Where each metric family comes from (first match wins), and what is asserted.
 SOURCES: list[tuple[str, tuple[str, ...]]] = [
+    ("training", ("modelsoak_training_",)),
     ("loadgen", ("modelsoak_client_",)),
     ("pushgateway", ("modelsoak_run_",)),
     ("gpu", ("modelsoak_gpu_memory_", "modelsoak_gpu_utilization_", "modelsoak_gpu_power_", "nv_gpu_")),
@@ -73,6 +74,9 @@ EXPECT = {
     "gpu": IF_GPU,
     # torch CUDA memory: empty on CPU servers; on CUDA only once torch initialised CUDA.
     "cuda": IF_CUDA,
+    # No training process here: tests/test_training_bench_prometheus.py checks that the
+    # training dashboard's expressions return data against a real training run.
+    "training": EVALUATES,
 }
 DEADLINE_S = 60.0  # how long an expression may take to return data after the stack is up
 _METRIC = re.compile(r"\b(modelsoak_\w+|nv_gpu_\w+|ALERTS|up)\b")

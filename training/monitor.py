@@ -112,7 +112,8 @@ class TrainingMonitor:
         if sampler.cuda and sampler.cuda_allocated.v:
             st.memory["cuda_allocated"] = sampler.cuda_allocated.v[-1]
             st.memory["cuda_reserved"] = sampler.cuda_reserved.v[-1]
-        st.memory.setdefault("limit", memory_limit_bytes(sampler.cuda))
+        if "limit" not in st.memory:
+            st.memory["limit"] = memory_limit_bytes(sampler.cuda)
         if sampler.gpu_util.v:
             st.gpu["util"] = sampler.gpu_util.v[-1]
             st.gpu["power"] = sampler.gpu_power_w.v[-1]
