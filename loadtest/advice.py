@@ -3,15 +3,15 @@ the run measured (and saying which)."""
 
 from __future__ import annotations
 
-from typing import Any
+from loadtest.results import Summary
 
 
-def _shares(s: dict[str, Any]) -> dict[str, float] | None:
-    bd = s.get("server_breakdown") or {}
-    if not bd.get("available"):
+def _shares(s: Summary) -> dict[str, float] | None:
+    bd = s.server_breakdown
+    if not bd.available:
         return None
-    m = bd["mean_ms"]
-    client = bd["client_mean_ms"]
+    m = bd.mean_ms
+    client = bd.client_mean_ms
     if client <= 0:
         return None
     parts = {
@@ -19,53 +19,48 @@ def _shares(s: dict[str, Any]) -> dict[str, float] | None:
         "data movement in (batch assembly, host to device)": m.get("batch_assembly", 0.0) + m.get("h2d", 0.0),
         "compute": m.get("compute", 0.0),
         "data movement out (device to host)": m.get("d2h", 0.0),
-        "outside the server (network, serialisation, client)": bd["outside_server_ms"],
+        "outside the server (network, serialisation, client)": bd.outside_server_ms,
     }
     other = max(m.get("total", 0.0) - sum(v for k, v in parts.items() if not k.startswith("outside")), 0.0)
     parts["server protocol work (decode, encode)"] = other
     return {k: v / client for k, v in parts.items()}
 
 
-def bottlenecks(s: dict[str, Any]) -> list[str]:
+def bottlenecks(s: Summary) -> list[str]:
     out = []
     shares = _shares(s)
-    bd = s.get("server_breakdown") or {}
+    bd = s.server_breakdown
     if shares is None:
-        out.append(
-            f"Server-side breakdown not available: {bd.get('reason', 'no breakdown in the responses')}."
-        )
+        out.append(f"Server-side breakdown not available: {bd.reason or 'no breakdown in the responses'}.")
     else:
-        client = bd["client_mean_ms"]
+        client = bd.client_mean_ms
         out.append(f"Mean client latency {client:.3f} ms, of which (share of the client's time):")
         for k, v in sorted(shares.items(), key=lambda kv: -kv[1]):
             out.append(f"  {k}: {v:.1%}")
         top = max(shares, key=lambda k: shares[k])
         out.append(f"The largest share is {top}.")
-    mem = s.get("memory") or {}
-    if mem.get("available"):
-        leak = mem["leak"]
-        slope = leak.get("slope_bytes_per_hour")
+    mem = s.memory
+    if mem.available and mem.leak is not None:
+        slope = mem.leak.slope_bytes_per_hour
         growth = "n/a" if slope is None else f"{slope / 2**20:+.2f} MiB/h"
         out.append(
-            f"Server memory ({mem['source']}): peak {mem['peak_bytes'] / 2**20:.1f} MiB, "
-            f"trend {growth} — {leak['reason']}."
+            f"Server memory ({mem.source}): peak {mem.peak_bytes / 2**20:.1f} MiB, "
+            f"trend {growth} — {mem.leak.reason}."
         )
     else:
-        out.append(f"Server memory not measured: {mem.get('reason', 'n/a')}.")
-    bs = [p for p in s["phases"] if p.get("server_breakdown")]
+        out.append(f"Server memory not measured: {mem.reason or 'n/a'}.")
+    bs = [p.server_breakdown for p in s.phases if p.server_breakdown is not None]
     if bs:
-        mean_batch = sum(p["server_breakdown"]["mean_batch_size"] for p in bs) / len(bs)
+        mean_batch = sum(b.mean_batch_size for b in bs) / len(bs)
         out.append(f"Batches the server formed: {mean_batch:.1f} samples on average.")
     return out
 
 
-def suggestions(s: dict[str, Any]) -> list[str]:
+def suggestions(s: Summary) -> list[str]:
     out: list[str] = []
     shares = _shares(s) or {}
-    target = s["provenance"]["target"]
-    device = (s["provenance"].get("server") or {}).get("device", "")
-    inputs = target.get("inputs", [])
-    fp32 = any(i.get("datatype") == "FP32" for i in inputs)
+    device = (s.provenance.server or {}).get("device", "")
+    fp32 = any(i.datatype == "FP32" for i in s.provenance.target.inputs)
     if shares.get("queue", 0) > 0.3:
         out.append(
             f"Requests spend {shares['queue']:.0%} of their time queued: the server is saturated at this "
@@ -99,26 +94,26 @@ def suggestions(s: dict[str, Any]) -> list[str]:
             "Much of the latency is outside the server: send raw tensor contents, batch on the client, "
             "co-locate client and server, or look at the input pipeline that feeds the requests."
         )
-    tp = [p for p in s["phases"] if p["kind"] == "throughput" and p.get("samples_per_s")]
-    if len(tp) > 1 and tp[-1]["samples_per_s"] > 1.5 * tp[0]["samples_per_s"]:
+    tp = [p for p in s.phases if p.kind == "throughput" and p.samples_per_s]
+    if len(tp) > 1 and tp[-1].samples_per_s > 1.5 * tp[0].samples_per_s:
         out.append(
-            f"Throughput grows with batch size ({tp[0]['samples_per_s']:.0f}/s at {tp[0]['batch_size']} "
-            f"to {tp[-1]['samples_per_s']:.0f}/s at {tp[-1]['batch_size']}): batch requests, or let the "
+            f"Throughput grows with batch size ({tp[0].samples_per_s:.0f}/s at {tp[0].batch_size} "
+            f"to {tp[-1].samples_per_s:.0f}/s at {tp[-1].batch_size}): batch requests, or let the "
             "server's dynamic batcher wait longer (max_queue_delay)."
         )
-    mem = s.get("memory") or {}
-    if mem.get("available") and mem["leak"]["suspected"]:
+    mem = s.memory
+    if mem.available and mem.leak is not None and mem.leak.suspected:
         out.append(
             "Memory grows steadily: look for caches without bounds or tensors kept across requests "
             "(the profile endpoint records allocations per request)."
         )
-    limit = s["provenance"]["plan"]["memory"]["max_peak_bytes"]
-    if mem.get("available") and mem["peak_bytes"] > 0.8 * limit:
+    limit = s.provenance.plan["memory"]["max_peak_bytes"]
+    if mem.available and mem.peak_bytes > 0.8 * limit:
         out.append(
-            f"Peak memory is {mem['peak_bytes'] / limit:.0%} of the limit: lower the batch size or "
+            f"Peak memory is {mem.peak_bytes / limit:.0%} of the limit: lower the batch size or "
             "use reduced precision."
         )
-    if not s["generator"]["valid"]:
+    if not s.generator.valid:
         out.append(
             "Add load-generator workers (locust --processes / more worker pods): the generator, not the "
             "server, limited this run."

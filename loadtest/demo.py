@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_dir / "summary.json"
     if summary.exists():
         from loadtest.report import verdict_table
+        from loadtest.results import Summary
 
-        print(verdict_table(json.loads(summary.read_text()), run_dir))
+        print(verdict_table(Summary.read(summary), run_dir))
     else:
         print((run_dir / "locust.log").read_text()[-3000:])
     print(f"exit code {code} (0 every SLO holds, 3 an SLO is broken, 4 invalid run, 2 setup error)")

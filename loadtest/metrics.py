@@ -13,12 +13,14 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from loadtest.run import runs
 from server.stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
+    from locust.env import Environment
 
-    from loadtest.run import RunState
+    from loadtest.results import Summary
 
 log = logging.getLogger("modelsoak.loadgen")
 
@@ -39,13 +41,15 @@ def hdr_buckets(hist: HdrHistogram) -> tuple[list[tuple[str, float]], float]:
 
 
 class MasterCollector(Collector):
-    def __init__(self, state: RunState) -> None:
-        self.state = state
+    """The run under way, or the last one (its final numbers) until the next begins."""
+
+    def __init__(self, environment: Environment) -> None:
+        self.environment = environment
         self._process = psutil.Process()
 
     def collect(self) -> Iterator[Metric]:
-        st = self.state
-        if st.options is None or st.environment is None:
+        st = runs(self.environment).latest()
+        if st is None or st.options is None:
             return
         run = st.run_id
         merged = st.merged()
@@ -58,7 +62,7 @@ class MasterCollector(Collector):
             [
                 run,
                 st.options.scenario,
-                st.extra.get("target", {}).get("model", st.options.model),
+                st.target.model if st.target else st.options.model,
                 st.options.host,
             ],
             1,
@@ -80,6 +84,7 @@ class MasterCollector(Collector):
                 reqs.add_metric([run, name, status], n)
         yield from (info, lat, reqs)
         runner = st.environment.runner
+        assert runner is not None
         rps = GaugeMetricFamily(
             "modelsoak_client_requests_per_second", "Current requests/s.", labels=["run_id"]
         )
@@ -120,15 +125,15 @@ class MasterCollector(Collector):
         yield cpu
 
 
-def registry_for(state: RunState) -> CollectorRegistry:
+def registry_for(environment: Environment) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MasterCollector(state))
+    registry.register(MasterCollector(environment))
     return registry
 
 
-def attach(environment: Any, state: RunState, port: int) -> None:
+def attach(environment: Environment, port: int) -> None:
     """A /metrics route on the web UI, and a port of its own when asked for."""
-    registry = registry_for(state)
+    registry = registry_for(environment)
     web_ui = getattr(environment, "web_ui", None)
     if web_ui is not None:
         from flask import Response
@@ -143,36 +148,41 @@ def attach(environment: Any, state: RunState, port: int) -> None:
 
         server = WSGIServer(("0.0.0.0", port), make_wsgi_app(registry), log=None)
         server.start()
-        state.extra["metrics_port"] = server.server_port
+        runs(environment).metrics_port = server.server_port
         log.info("Prometheus metrics on port %d", server.server_port)
 
 
-def push_summary(url: str, summary: dict[str, Any]) -> None:
+def push_summary(url: str, summary: Summary) -> None:
     registry = CollectorRegistry()
     passed = Gauge("modelsoak_run_passed", "1 when every SLO held and the run was valid.", registry=registry)
-    passed.set(1 if summary["verdict"] == "PASS" else 0)
-    Gauge("modelsoak_run_exit_code", "The run's exit code.", registry=registry).set(summary["exit_code"])
+    passed.set(1 if summary.verdict == "PASS" else 0)
+    Gauge("modelsoak_run_exit_code", "The run's exit code.", registry=registry).set(summary.exit_code)
     slo = Gauge("modelsoak_run_slo_passed", "Each SLO check (1 passed).", ["slo"], registry=registry)
-    for c in summary["slo"]:
-        slo.labels(c["name"]).set(1 if c["passed"] else 0)
+    for c in summary.slo:
+        slo.labels(c.name).set(1 if c.passed else 0)
     lat = Gauge(
         "modelsoak_run_latency_seconds", "Client latency over the run.", ["quantile"], registry=registry
     )
-    for q, key in (("0.5", "p50"), ("0.9", "p90"), ("0.95", "p95"), ("0.99", "p99")):
-        value = (summary["totals"].get("latency_ms") or {}).get(key)
-        if value is not None:
+    latency = summary.totals.latency_ms
+    if latency is not None:
+        for q, value in (
+            ("0.5", latency.p50),
+            ("0.9", latency.p90),
+            ("0.95", latency.p95),
+            ("0.99", latency.p99),
+        ):
             lat.labels(q).set(value / 1000.0)
     Gauge(
         "modelsoak_run_throughput_samples_per_second",
         "Samples/s over the measured phases.",
         registry=registry,
-    ).set(summary["totals"]["samples_per_s"])
+    ).set(summary.totals.samples_per_s)
     Gauge("modelsoak_run_error_ratio", "Failed / all requests.", registry=registry).set(
-        summary["totals"]["error_ratio"]
+        summary.totals.error_ratio
     )
-    leak = (summary.get("memory") or {}).get("leak") or {}
-    if leak.get("slope_bytes_per_s") is not None:
+    leak = summary.memory.leak
+    if leak is not None and leak.slope_bytes_per_s is not None:
         Gauge(
             "modelsoak_run_leak_slope_bytes_per_second", "Server memory trend (Theil-Sen).", registry=registry
-        ).set(leak["slope_bytes_per_s"])
-    push_to_gateway(url, job="modelsoak", grouping_key={"run_id": summary["run_id"]}, registry=registry)
+        ).set(leak.slope_bytes_per_s)
+    push_to_gateway(url, job="modelsoak", grouping_key={"run_id": summary.run_id}, registry=registry)

@@ -2,7 +2,7 @@
 the scheduled send time, so a slow server cannot slow the senders down and hide
 its own latency (coordinated omission).
 
-Each process runs one dispatcher greenlet. At every scheduled instant it puts a
+Each run has one dispatcher greenlet per process. At every scheduled instant it puts a
 ticket (the scheduled time) into a queue; the users are the in-flight slots and
 take tickets as they become free. A ticket that finds every slot busy waits
 (its latency keeps counting from the scheduled time); once more than
@@ -20,7 +20,7 @@ import time
 import gevent
 from gevent.queue import Empty, Queue
 
-from loadtest.recorder import RECORDER
+from loadtest.recorder import Recorder
 
 # A dispatcher this far behind its schedule counts the send as late: well above
 # the event loop's jitter under load (a few ms), well below a stall that would
@@ -29,7 +29,8 @@ LATE_AFTER_S = 0.050
 
 
 class Dispatcher:
-    def __init__(self, max_pending: int, arrival: str, seed: int) -> None:
+    def __init__(self, recorder: Recorder, max_pending: int, arrival: str, seed: int) -> None:
+        self.recorder = recorder
         self.tickets: Queue[float] = Queue()
         self.max_pending = max_pending
         self.arrival = arrival
@@ -84,12 +85,12 @@ class Dispatcher:
             last = next_at
             behind = time.monotonic() - next_at
             if behind > LATE_AFTER_S:
-                RECORDER.count_openloop("late")
-            RECORDER.note_behind(behind)
+                self.recorder.count_openloop("late")
+            self.recorder.note_behind(behind)
             if self.tickets.qsize() >= self.max_pending:
-                RECORDER.count_openloop("dropped")
+                self.recorder.count_openloop("dropped")
                 continue
-            RECORDER.count_openloop("scheduled")
+            self.recorder.count_openloop("scheduled")
             self.tickets.put(next_at)
 
     def take(self, timeout: float = 0.5) -> float | None:
@@ -98,13 +99,3 @@ class Dispatcher:
             return self.tickets.get(timeout=timeout)
         except Empty:
             return None
-
-
-DISPATCHER: Dispatcher | None = None
-
-
-def dispatcher(max_pending: int, arrival: str, seed: int) -> Dispatcher:
-    global DISPATCHER
-    if DISPATCHER is None:
-        DISPATCHER = Dispatcher(max_pending, arrival, seed)
-    return DISPATCHER

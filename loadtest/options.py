@@ -158,6 +158,14 @@ def add_arguments(parser: Any) -> None:
         "to check the reported percentiles against the raw data",
     )
     a(
+        "--phase-timeout-s",
+        type=float,
+        default=600.0,
+        include_in_web_ui=True,
+        help="a phase that counts requests (concurrency) ends after this many seconds even when its users "
+        "have not sent them all, and says so in the log (0: wait for ever)",
+    )
+    a(
         "--payload-file",
         default="",
         include_in_web_ui=True,
@@ -191,6 +199,7 @@ class Options:
     seed: int
     latency_log: Path | None
     series_interval: float
+    phase_timeout_s: float
     headless: bool
     num_users: int | None
     spawn_rate: float | None
@@ -237,11 +246,19 @@ class Options:
             seed=int(get("seed", 0) or 0),
             latency_log=Path(get("latency_log")) if get("latency_log") else None,
             series_interval=max(0.2, float(get("series_interval", 2.0) or 2.0)),
+            phase_timeout_s=max(0.0, float(get("phase_timeout_s", 600.0) or 0.0)),
             headless=bool(get("headless", False)),
             num_users=get("num_users"),
             spawn_rate=get("spawn_rate"),
             run_time=get("run_time"),
         )
+
+    def as_record(self) -> dict[str, str | int | float | bool | None]:
+        """The options as the summary records them (paths and shapes as text)."""
+        out: dict[str, str | int | float | bool | None] = {}
+        for k, v in vars(self).items():
+            out[k] = v if v is None or isinstance(v, int | float | str | bool) else str(v)
+        return out
 
     def new_run_id(self) -> str:
         if self.run_id:

@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 
 MIB = 1024 * 1024
+# A plan: section -> key -> value, every key of DEFAULTS present.
+Plan = dict[str, dict[str, Any]]
 
 # The template's numbers. Every key can be overridden in the SLO file.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -68,7 +70,7 @@ class PlanError(ValueError):
     """The SLO file is malformed; the message names the key and what was expected."""
 
 
-def load_plan(path: Path | None) -> dict[str, dict[str, Any]]:
+def load_plan(path: Path | None) -> Plan:
     plan = copy.deepcopy(DEFAULTS)
     if path is None:
         return plan
@@ -121,7 +123,7 @@ class Phase:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def phases_for(scenario: str, plan: dict[str, dict[str, Any]], batch_size: int, rate: float) -> list[Phase]:
+def phases_for(scenario: str, plan: Plan, batch_size: int, rate: float) -> list[Phase]:
     """The fixed phases of a scenario (stress adds its steps as it goes)."""
     if scenario == "template":
         return [p for part in TEMPLATE_PARTS for p in phases_for(part, plan, batch_size, 0.0)]
@@ -153,7 +155,7 @@ def phases_for(scenario: str, plan: dict[str, dict[str, Any]], batch_size: int, 
     return []
 
 
-def stress_step(plan: dict[str, dict[str, Any]], index: int, rate: float) -> Phase:
+def stress_step(plan: Plan, index: int, rate: float) -> Phase:
     p = plan["stress"]
     rates = p["rates"]
     if rates:
@@ -166,7 +168,7 @@ def stress_step(plan: dict[str, dict[str, Any]], index: int, rate: float) -> Pha
     return Phase(f"stress[users={users}]", "stress", users, p["step_s"], p["batch_size"])
 
 
-def stress_has_next(plan: dict[str, dict[str, Any]], index: int, rate: float) -> bool:
+def stress_has_next(plan: Plan, index: int, rate: float) -> bool:
     p = plan["stress"]
     if p["rates"]:
         return index + 1 < len(p["rates"])

@@ -1,258 +1,262 @@
-"""Locust event wiring: options, roles, the phase messages, reports from workers
-to the master, the scenario shape, and the end of the run."""
+"""Locust event wiring: options, the phase messages, reports from workers to the
+master, the scenario shape, and the end of each run. Every handler finds its
+run on the Environment (loadtest.run.runs); nothing here holds state."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gevent
-import psutil
 from locust import events
-from locust.runners import MasterRunner, WorkerRunner
 
-from loadtest import openloop as _openloop
-from loadtest import plan as _plan
-from loadtest import slo as _slo
-from loadtest import summary as _summary
+from loadtest import plan as plans
+from loadtest import slo
 from loadtest.finish import finish
 from loadtest.options import Options, add_arguments
-from loadtest.recorder import RECORDER, pack
-from loadtest.run import PHASE_MESSAGE, STATE
-from loadtest.user import SETUP_ERRORS
+from loadtest.recorder import Snapshot
+from loadtest.results import EXIT_PASS, EXIT_SETUP
+from loadtest.run import PHASE_MESSAGE, PhaseMessage, Run, role_of, runs
+from loadtest.summary import phase_summary
+
+if TYPE_CHECKING:
+    from locust.env import Environment
+    from locust.shape import LoadTestShape
 
 FLUSH_MESSAGE = "modelsoak_flush"
 FINAL_MESSAGE = "modelsoak_final"
+# How long the master waits for the workers' final measurements at the end of a run.
+FLUSH_TIMEOUT_S = 3.0
 
 log = logging.getLogger("modelsoak.loadgen")
 
 
-@events.init_command_line_parser.add_listener
+def _listen(event: Any, listener: Callable[..., None]) -> None:
+    # Locust's EventHook is untyped; going through Any keeps this module strict.
+    event.add_listener(listener)
+
+
 def _parser(parser: Any) -> None:
     add_arguments(parser)
 
 
-@events.init.add_listener
-def _init(environment: Any, **_: Any) -> None:
+def _init(environment: Environment, **_: Any) -> None:
+    role = role_of(environment)
     runner = environment.runner
-    STATE.environment = environment
-    STATE.role = (
-        "master"
-        if isinstance(runner, MasterRunner)
-        else "worker"
-        if isinstance(runner, WorkerRunner)
-        else "local"
-    )
-    if STATE.role == "worker":
+    assert runner is not None
+    if role == "worker":
         runner.register_message(PHASE_MESSAGE, _on_phase)
         runner.register_message(FLUSH_MESSAGE, _on_flush)
-    if STATE.role == "master":
+
+        # Locust's report events carry no environment: these close over theirs.
+        def report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+            data["modelsoak"] = _snapshot(runs(environment).latest())
+
+        _listen(environment.events.report_to_master, report)
+    if role == "master":
         runner.register_message(FINAL_MESSAGE, _on_final)
-    if STATE.role in ("master", "local") and environment.parsed_options is not None:
+
+        def worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+            run = runs(environment).current
+            if run is not None:
+                _take_report(run, client_id, data)
+
+        _listen(environment.events.worker_report, worker_report)
+    if role in ("master", "local") and environment.parsed_options is not None:
         from loadtest.metrics import attach
 
-        attach(environment, STATE, environment.parsed_options.metrics_port)
+        attach(environment, environment.parsed_options.metrics_port)
 
 
-def _on_phase(environment: Any, msg: Any, **_: Any) -> None:
-    if msg.data.get("run_id") != STATE.run_id:
-        RECORDER.reset()
-        SETUP_ERRORS.clear()
-    STATE.follow(msg.data)
+# -- a worker ----------------------------------------------------------------------------
 
 
-@events.test_start.add_listener
-def _test_start(environment: Any, **_: Any) -> None:
-    if STATE.role == "master":
-        return
-    opts = Options.from_parsed(environment.parsed_options, environment.host)
-    if opts.latency_log is not None and RECORDER.raw is None:
-        RECORDER.raw = []
-    disp = _openloop.dispatcher(opts.max_pending, opts.arrival, opts.seed)
-    disp.start()
-    if STATE.phase is not None:
-        disp.set_rate(STATE.rate_now * STATE.rate_share)
-    if "cpu" not in STATE.extra:
-        STATE.extra["cpu"] = gevent.spawn(_sample_cpu)
+def _on_phase(environment: Environment, msg: Any, **_: Any) -> None:
+    message = PhaseMessage.from_dict(msg.data)
+    slot = runs(environment)
+    run = slot.current
+    if run is None or run.token not in ("", message.token):
+        # The master's first message of a new run: the last run's numbers go.
+        run = slot.current = Run(environment, "worker", message.run_id)
+    elif run.stopped:
+        return  # the master's last messages of a run this worker has stopped
+    run.follow(message)
 
 
-def _sample_cpu() -> None:
-    proc = psutil.Process()
-    proc.cpu_percent(None)
-    while True:
-        gevent.sleep(1.0)
-        RECORDER.add_cpu_sample(proc.cpu_percent(None))
+def _snapshot(run: Run | None) -> str:
+    if run is None:
+        return ""
+    snap = run.recorder.snapshot()
+    snap.run_id = run.run_id
+    snap.token = run.token
+    snap.target = run.target
+    snap.setup_error = run.first_setup_error()
+    return snap.pack()
 
 
-def _packed_snapshot() -> str:
-    snap = RECORDER.snapshot()
-    snap["run_id"] = STATE.run_id
-    snap["target"] = STATE.extra.get("target")
-    snap["setup_error"] = SETUP_ERRORS[0] if SETUP_ERRORS else ""
-    return pack(snap)
+def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
+    assert environment.runner is not None
+    environment.runner.send_message(FINAL_MESSAGE, {"modelsoak": _snapshot(runs(environment).latest())})
 
 
-@events.report_to_master.add_listener
-def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    data["modelsoak"] = _packed_snapshot()
+# -- the master ----------------------------------------------------------------------------
 
 
-def _on_flush(environment: Any, msg: Any, **_: Any) -> None:
-    environment.runner.send_message(FINAL_MESSAGE, {"modelsoak": _packed_snapshot()})
+def _on_final(environment: Environment, msg: Any, **_: Any) -> None:
+    run = runs(environment).current
+    if run is not None:
+        _take_report(run, msg.node_id, msg.data)
+        run.flushed.add(msg.node_id)
 
 
-def _on_final(environment: Any, msg: Any, **_: Any) -> None:
-    STATE.on_worker_report(msg.node_id, msg.data)
-    STATE.extra.setdefault("flushed", set()).add(msg.node_id)
+def _take_report(run: Run, worker: str, data: dict[str, Any]) -> None:
+    blob = data.get("modelsoak")
+    if blob:
+        run.on_worker_report(worker, Snapshot.unpack(blob))
 
 
-def _flush_workers(environment: Any, timeout_s: float = 3.0) -> None:
+def _flush_workers(run: Run, timeout_s: float) -> None:
     """Ask every worker for its measurements now, while the master still listens:
     Locust's own final report on quit gets half a second, which a loaded worker
     can miss, and the run's last seconds would go unmeasured."""
-    runner = environment.runner
-    waiting = {c.id for c in runner.clients.values() if c.state != "missing"}
-    STATE.extra["flushed"] = set()
+    runner = run.environment.runner
+    assert runner is not None
+    waiting = {c.id for c in runner.clients.values() if c.state != "missing"}  # type: ignore[attr-defined]
+    run.flushed = set()
     runner.send_message(FLUSH_MESSAGE, {})
     end = time.monotonic() + timeout_s
-    while waiting - STATE.extra["flushed"] and time.monotonic() < end:
+    while waiting - run.flushed and time.monotonic() < end:
         gevent.sleep(0.05)
-    missing = waiting - STATE.extra["flushed"]
+    missing = waiting - run.flushed
     if missing:
         log.warning("no final measurements from %s; their last periodic report stands", sorted(missing))
 
 
-@events.worker_report.add_listener
-def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    STATE.on_worker_report(client_id, data)
-    snap = STATE.snapshots.get(client_id)
-    if snap is None:
-        return
-    if snap.get("target"):
-        STATE.extra["target"] = snap["target"]
-    if snap.get("setup_error") and not STATE.setup_error:
-        STATE.setup_error = f"worker {client_id}: {snap['setup_error']}"
-        log.error("stopping: %s", STATE.setup_error)
+def _test_start(environment: Environment, **_: Any) -> None:
+    if role_of(environment) != "worker":
+        return  # the master's (or local runner's) run began at the shape's first tick
+    slot = runs(environment)
+    if slot.current is None or slot.current.stopped:
+        slot.current = Run(environment, "worker")
+    slot.current.start_sending(Options.from_parsed(environment.parsed_options, environment.host))
 
 
-@events.test_stop.add_listener
-def _test_stop(environment: Any, **_: Any) -> None:
-    if STATE.role == "worker":
-        if _openloop.DISPATCHER is not None:
-            _openloop.DISPATCHER.set_rate(0)
+def _test_stop(environment: Environment, **_: Any) -> None:
+    run = runs(environment).current
+    if run is None:
         return
-    STATE.end_phases()
-    SHAPE.begun = False
-    if STATE.role == "master":
-        _flush_workers(environment)
+    run.stop_sending()
+    if run.role == "worker":
+        return  # its numbers stay until the master's final request and the next run
+    run.end()
+    if run.role == "master":
+        _flush_workers(run, FLUSH_TIMEOUT_S)
     opts = environment.parsed_options
     if opts is not None and not opts.headless:
-        # Web UI: workers keep reporting for a few seconds after the stop.
-        gevent.spawn_later(4.0, finish, STATE, environment)
+        finish(run)  # the web UI stays up for the next run; headless runs finish at quit
 
 
-def _write_latency_log(environment: Any) -> None:
-    opts = environment.parsed_options
-    folder = getattr(opts, "latency_log", "") if opts is not None else ""
-    if folder and RECORDER.raw is not None:
-        import os
-
+def _write_latency_log(run: Run) -> None:
+    folder = run.options.latency_log if run.options else None
+    raw = run.recorder.raw
+    if folder is not None and raw is not None:
         import numpy as np
 
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        np.save(Path(folder) / f"latencies-{os.getpid()}.npy", np.array(RECORDER.raw, dtype=np.int64))
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"latencies-{os.getpid()}.npy", np.array(raw, dtype=np.int64))
 
 
-@events.quitting.add_listener
-def _quitting(environment: Any, **_: Any) -> None:
-    _write_latency_log(environment)
-    if STATE.role == "worker":
-        if environment.process_exit_code is None:
-            environment.process_exit_code = _summary.EXIT_SETUP if SETUP_ERRORS else _summary.EXIT_PASS
+def _quitting(environment: Environment, **_: Any) -> None:
+    slot = runs(environment)
+    run = slot.latest()
+    if run is None:
         return
-    if STATE.role == "local" and SETUP_ERRORS and not STATE.setup_error:
-        STATE.setup_error = SETUP_ERRORS[0]
-    finish(STATE, environment)
+    _write_latency_log(run)
+    if run.role == "worker":
+        if environment.process_exit_code is None:
+            environment.process_exit_code = EXIT_SETUP if run.setup_errors else EXIT_PASS
+        return
+    if run.role == "local" and run.setup_errors and not run.setup_error:
+        run.setup_error = run.first_setup_error()
+    finish(run)
 
 
 # -- the shape ---------------------------------------------------------------------------
 
 
-class ShapeState:
-    """Where the shape is in the current run's phases. A run begins at the first
-    tick of a test and ends at test_stop (Locust's master resets the shape's clock
-    whenever it starts users, so that cannot mark a new run)."""
-
-    def __init__(self) -> None:
-        self.begun = False
-        self.index = 0
-
-
-SHAPE = ShapeState()
-
-
-def tick(shape: Any, ss: ShapeState = SHAPE) -> tuple[int, float] | None:
-    env = STATE.environment
-    if not ss.begun:
-        ss.begun = True
-        ss.index = 0
-        try:
-            STATE.begin(env)
-        except (ValueError, OSError) as exc:  # PlanError, bad options, unwritable results dir
-            STATE.setup_error = str(exc)
-            log.error("cannot start the run: %s", exc)
+def tick(shape: LoadTestShape) -> tuple[int, float] | None:
+    """Users and spawn rate now; None ends the run. The shape's first tick of a
+    test begins the run (it comes before Locust's test_start, which the
+    shape's first start() fires)."""
+    assert shape.runner is not None
+    env = shape.runner.environment
+    slot = runs(env)
+    run = slot.current
+    if run is None or run.finalized:
+        run = slot.current = Run.begin(env, role_of(env))
+        if run.setup_error and env.parsed_options is not None and not env.parsed_options.headless:
+            finish(run)  # the web UI: say so now, the next run starts clean
             return None
-    if STATE.setup_error or (STATE.role == "local" and SETUP_ERRORS):
-        STATE.setup_error = STATE.setup_error or SETUP_ERRORS[0]
+    if run.setup_error or (run.role == "local" and run.setup_errors):
+        run.setup_error = run.setup_error or run.first_setup_error()
         return None
-    opts = STATE.options
+    opts = run.options
     assert opts is not None
-    elapsed_total = time.time() - STATE.started
     if opts.scenario == "none":
-        parsed = env.parsed_options
-        if parsed.run_time and elapsed_total >= parsed.run_time:
+        if opts.run_time and time.time() - run.started >= opts.run_time:
             return None
-        users = int(parsed.num_users or 1)
-        return users, float(parsed.spawn_rate or users)
-    phase = STATE.phases[ss.index]
-    if _phase_done(phase):
-        if not _advance(ss):
+        users = int(opts.num_users or 1)
+        return users, float(opts.spawn_rate or users)
+    phase = run.phases[run.phase_index]
+    if _phase_done(run, phase):
+        if not _advance(run):
             return None
-        phase = STATE.phases[ss.index]
+        phase = run.phases[run.phase_index]
     return phase.users, float(phase.spawn_rate or phase.users)
 
 
-def _phase_done(phase: _plan.Phase) -> bool:
-    rec = STATE.history[-1]
-    elapsed = time.time() - rec.started
+def _phase_done(run: Run, phase: plans.Phase) -> bool:
+    elapsed = time.time() - run.history[-1].started
     if phase.duration_s is not None:
         return elapsed >= phase.duration_s
     if phase.requests_per_user:
-        st = STATE.merged().names.get(phase.name)
+        st = run.merged().names.get(phase.name)
         sent = sum(st.statuses.values()) if st else 0
-        return sent >= phase.users * phase.requests_per_user or elapsed > 600
+        limit = run.options.phase_timeout_s if run.options else 0.0
+        if limit and elapsed > limit:
+            log.error("phase %s: %d of %d requests after %.0f s (--phase-timeout-s); moving on",
+                      phase.name, sent, phase.users * phase.requests_per_user, elapsed)  # fmt: skip
+            return True
+        return sent >= phase.users * phase.requests_per_user
     return False
 
 
-def _advance(ss: ShapeState) -> bool:
+def _advance(run: Run) -> bool:
     """Move to the next phase; False when the scenario is over."""
-    opts = STATE.options
+    opts = run.options
     assert opts is not None
-    phase = STATE.phases[ss.index]
+    phase = run.phases[run.phase_index]
     if phase.kind == "stress":
-        STATE.end_phases()
-        summary = _summary.phase_summary(STATE, STATE.merged())
-        step = _slo.stress_analysis(STATE.plan, summary)["steps"][-1]
-        if not step["held"]:
-            log.info("stress: %s broke the SLO (p99 %s ms); stopping", step["name"], step["p99_ms"])
+        run.end_phases()
+        step = slo.stress_analysis(run.plan, phase_summary(run, run.merged())).steps[-1]
+        if not step.held:
+            log.info("stress: %s broke the SLO (p99 %s ms); stopping", step.name, step.p99_ms)
             return False
-        if not _plan.stress_has_next(STATE.plan, ss.index, opts.arrival_rate):
+        if not plans.stress_has_next(run.plan, run.phase_index, opts.arrival_rate):
             return False
-        STATE.phases.append(_plan.stress_step(STATE.plan, ss.index + 1, opts.arrival_rate))
-    if ss.index + 1 >= len(STATE.phases):
+        run.phases.append(plans.stress_step(run.plan, run.phase_index + 1, opts.arrival_rate))
+    if run.phase_index + 1 >= len(run.phases):
         return False
-    ss.index += 1
-    STATE.enter(ss.index)
+    run.enter(run.phase_index + 1)
     return True
+
+
+# Registered when Locust imports the locustfile (which imports this module).
+_listen(events.init_command_line_parser, _parser)
+_listen(events.init, _init)
+_listen(events.test_start, _test_start)
+_listen(events.test_stop, _test_stop)
+_listen(events.quitting, _quitting)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import psutil
+
+from loadtest.results import Hardware, Harness, LocalGpu
 
 LIBRARIES = ("modelsoak", "locust", "grpcio", "protobuf", "numpy", "hdrhistogram", "onnxruntime", "torch")
 
@@ -57,7 +59,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _local_gpu() -> list[dict[str, Any]]:
+def _local_gpu() -> list[LocalGpu]:
     try:
         import pynvml
 
@@ -67,28 +69,35 @@ def _local_gpu() -> list[dict[str, Any]]:
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(h)
             gpus.append(
-                {
-                    "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else str(name),
-                    "memory_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
-                }
+                LocalGpu(
+                    index=i,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_total_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                )
             )
         return gpus
     except Exception:  # no NVML or no GPU: the load generator rarely has one
         return []
 
 
-def collect() -> dict[str, Any]:
-    return {
-        "harness": {"version": _version("modelsoak") or "unknown", "git_sha": git_sha()},
-        "libraries": {name: v for name in LIBRARIES if (v := _version(name))},
-        "hardware": {
-            "hostname": platform.node(),
-            "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(),
-            "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "memory_bytes": psutil.virtual_memory().total,
-            "gpus": _local_gpu(),
-        },
-    }
+@dataclass
+class Collected:
+    harness: Harness
+    libraries: dict[str, str]
+    hardware: Hardware
+
+
+def collect() -> Collected:
+    return Collected(
+        harness=Harness(version=_version("modelsoak") or "unknown", git_sha=git_sha()),
+        libraries={name: v for name in LIBRARIES if (v := _version(name))},
+        hardware=Hardware(
+            hostname=platform.node(),
+            os=f"{platform.system()} {platform.release()}",
+            python=platform.python_version(),
+            cpu=_cpu_model(),
+            cpu_count=os.cpu_count(),
+            memory_bytes=psutil.virtual_memory().total,
+            gpus=_local_gpu(),
+        ),
+    )

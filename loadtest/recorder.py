@@ -4,7 +4,8 @@ Locust rounds response times to about two significant digits before computing
 its percentiles (a 0.4 ms request becomes 0), so every latency also goes into an
 HDR histogram here. Workers ship their cumulative recorder state to the master
 with every report (a lost report costs nothing: the next one carries it all),
-and the master merges the latest state of every worker.
+and the master merges the latest state of every worker. Each run has a
+recorder of its own (loadtest.run).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import threading
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
+from loadtest.codec import from_json, to_json
+from loadtest.results import TargetInfo
 
 # 1 µs to 1 h at 3 significant digits: 0.1 % value error at any magnitude.
 LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
@@ -43,10 +47,6 @@ def quantized_counts(ns: np.ndarray) -> tuple[list[int], list[int]]:
 
 def new_hist() -> HdrHistogram:
     return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
-
-
-def record_us(hist: HdrHistogram, us: float) -> None:
-    hist.record_value(min(max(round(us), LOWEST_US), HIGHEST_US))
 
 
 def encode(hist: HdrHistogram) -> str:
@@ -77,7 +77,7 @@ class NameStats:
 
 
 class Recorder:
-    """One per process; `record` is called by every request, so it stays cheap."""
+    """One per run and process; `record` is called by every request, so it stays cheap."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -90,14 +90,9 @@ class Recorder:
         # Raw latencies (ns), kept only when --latency-log asks for them.
         self.raw: list[int] | None = None
 
-    def reset(self) -> None:
+    def keep_raw(self) -> None:
         with self._lock:
-            self.names.clear()
-            self.window = new_hist()
-            self.openloop.clear()
-            self.cpu = CpuStats()
-            self.started = time.time()
-            if self.raw is not None:
+            if self.raw is None:
                 self.raw = []
 
     def record(
@@ -168,52 +163,76 @@ class Recorder:
         with self._lock:
             self.cpu.add(percent)
 
-    def snapshot(self, take_window: bool = True) -> dict[str, Any]:
-        """Cumulative state as plain data (for report_to_master); the interval
-        histogram is shipped and reset."""
+    def snapshot(self, take_window: bool = True) -> Snapshot:
+        """Cumulative state (for report_to_master); the interval histogram is
+        shipped and reset."""
         with self._lock:
             for st in self.names.values():
                 self._fold(st)
             names = {
-                name: {
-                    "latency": encode(st.latency),
-                    "statuses": dict(st.statuses),
-                    "samples": st.samples,
-                    "bytes": st.bytes_received,
-                    "server": {p: encode(h) for p, h in st.server.items()},
-                    "server_sum_ns": dict(st.server_sum_ns),
-                    "server_count": st.server_count,
-                    "batch_size_sum": st.batch_size_sum,
-                    "first_s": st.first_s,
-                    "last_s": st.last_s,
-                }
+                name: NameSnapshot(
+                    latency=encode(st.latency),
+                    statuses=dict(st.statuses),
+                    samples=st.samples,
+                    bytes=st.bytes_received,
+                    server={p: encode(h) for p, h in st.server.items()},
+                    server_sum_ns=dict(st.server_sum_ns),
+                    server_count=st.server_count,
+                    batch_size_sum=st.batch_size_sum,
+                    first_s=st.first_s,
+                    last_s=st.last_s,
+                )
                 for name, st in self.names.items()
             }
             window = ""
             if take_window:
                 window = encode(self.window) if self.window.get_total_count() else ""
                 self.window = new_hist()
-            return {
-                "names": names,
-                "window": window,
-                "openloop": dict(self.openloop),
-                "cpu": self.cpu.to_dict(),
-                "started": self.started,
-            }
+            return Snapshot(names, window, dict(self.openloop), self.cpu.to_dict(), self.started)
 
 
-def pack(doc: dict[str, Any]) -> str:
-    """Compact transport for a snapshot (Locust sends reports as msgpack)."""
-    import json
+@dataclass
+class NameSnapshot:
+    latency: str  # encoded HDR histogram
+    statuses: dict[str, int]
+    samples: int
+    bytes: int
+    server: dict[str, str]
+    server_sum_ns: dict[str, int]
+    server_count: int
+    batch_size_sum: int
+    first_s: float
+    last_s: float
 
-    return base64.b64encode(zlib.compress(json.dumps(doc).encode())).decode()
 
+@dataclass
+class Snapshot:
+    """What a process has measured in a run so far: what a worker ships."""
 
-def unpack(blob: str) -> dict[str, Any]:
-    import json
+    names: dict[str, NameSnapshot]
+    window: str  # encoded interval histogram ("" when empty)
+    openloop: dict[str, int]
+    cpu: dict[str, Any]
+    started: float
+    run_id: str = ""
+    token: str = ""  # the run's (loadtest.run.Run.token)
+    target: TargetInfo | None = None
+    setup_error: str = ""
 
-    result: dict[str, Any] = json.loads(zlib.decompress(base64.b64decode(blob)))
-    return result
+    def without_window(self) -> Snapshot:
+        return replace(self, window="")
+
+    def pack(self) -> str:
+        """Compact transport (Locust sends reports as msgpack)."""
+        import json
+
+        return base64.b64encode(zlib.compress(json.dumps(to_json(self)).encode())).decode()
+
+    @classmethod
+    def unpack(cls, blob: str) -> Snapshot:
+        import json
+
+        return from_json(cls, json.loads(zlib.decompress(base64.b64decode(blob))), "snapshot")
 
 
 class CpuStats:
@@ -286,31 +305,28 @@ class Merged:
     cpu: dict[str, CpuStats]
 
 
-def merge(snapshots: dict[str, dict[str, Any]]) -> Merged:
+def merge(snapshots: dict[str, Snapshot]) -> Merged:
     """Merge worker snapshots (keyed by worker id) into histograms and counts."""
     names: dict[str, NameStats] = defaultdict(NameStats)
     openloop: Counter[str] = Counter()
     cpu: dict[str, CpuStats] = {}
     for worker, snap in snapshots.items():
-        ol = dict(snap.get("openloop", {}))
+        ol = dict(snap.openloop)
         behind = ol.pop("max_behind_us", 0)
         openloop.update(ol)
         openloop["max_behind_us"] = max(openloop.get("max_behind_us", 0), behind)
-        cpu[worker] = CpuStats.from_dict(snap.get("cpu") or {})
-        for name, d in snap.get("names", {}).items():
+        cpu[worker] = CpuStats.from_dict(snap.cpu)
+        for name, d in snap.names.items():
             st = names[name]
-            decode_into(st.latency, d["latency"])
-            st.statuses.update(d["statuses"])
-            st.samples += d["samples"]
-            st.bytes_received += d["bytes"]
-            st.server_count += d["server_count"]
-            st.batch_size_sum += d["batch_size_sum"]
-            st.server_sum_ns.update(d["server_sum_ns"])
-            for phase, enc in d["server"].items():
+            decode_into(st.latency, d.latency)
+            st.statuses.update(d.statuses)
+            st.samples += d.samples
+            st.bytes_received += d.bytes
+            st.server_count += d.server_count
+            st.batch_size_sum += d.batch_size_sum
+            st.server_sum_ns.update(d.server_sum_ns)
+            for phase, enc in d.server.items():
                 decode_into(st.server.setdefault(phase, new_hist()), enc)
-            st.first_s = min(st.first_s, d["first_s"]) if st.first_s else d["first_s"]
-            st.last_s = max(st.last_s, d["last_s"])
+            st.first_s = min(st.first_s, d.first_s) if st.first_s else d.first_s
+            st.last_s = max(st.last_s, d.last_s)
     return Merged(dict(names), openloop, cpu)
-
-
-RECORDER = Recorder()

@@ -10,113 +10,121 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loadtest import svg as _svg
+from loadtest import svg
 from loadtest.advice import bottlenecks, suggestions
+from loadtest.results import Summary
 
 
-def _ms(x: Any) -> str:
+def _ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
-def environment_lines(s: dict[str, Any]) -> list[str]:
-    p = s["provenance"]
-    t = p["target"]
-    hw = p["hardware"]
-    libs = ", ".join(f"{k} {v}" for k, v in p["libraries"].items())
-    gpu = p.get("server_gpu") or {}
+def environment_lines(s: Summary) -> list[str]:
+    p = s.provenance
+    t = p.target
+    hw = p.hardware
+    libs = ", ".join(f"{k} {v}" for k, v in p.libraries.items())
+    gpu = p.server_gpu or {}
     gpu_text = ", ".join(g.get("name", "?") for g in gpu.get("gpus", [])) or (
         gpu.get("status") or "not reported"
     )
-    server = p.get("server") or {}
-    inputs = ", ".join(f"{i['name']} {i['datatype']}{i['shape']}" for i in t.get("inputs", []))
+    server = p.server or {}
+    inputs = ", ".join(f"{i.name} {i.datatype}{i.shape}" for i in t.inputs)
     return [
-        f"- Harness: modelsoak {p['harness']['version']} (git {p['harness']['git_sha']})",
-        f"- Target: {t['protocol']} at {t['host']} — {t.get('server', '?')} {t.get('server_version', '')}".rstrip(),
-        f"- Model: {t.get('model', '?')} version {t.get('version') or 'default'} on {t.get('platform', '?')}"
-        + (f", sha256 {t['sha256'][:16]}…" if t.get("sha256") else ""),
+        f"- Harness: modelsoak {p.harness.version} (git {p.harness.git_sha})",
+        f"- Target: {t.protocol} at {t.host} — {t.server or '?'} {t.server_version}".rstrip(),
+        f"- Model: {t.model or '?'} version {t.version or 'default'} on {t.platform or '?'}"
+        + (f", sha256 {t.sha256[:16]}…" if t.sha256 else ""),
         f"- Inputs per request: {inputs or 'n/a'}",
         f"- Server device: {server.get('device', 'not reported')}; GPU: {gpu_text}",
-        f"- Load generator: {hw['cpu']} ({hw['cpu_count']} CPUs, {hw['memory_bytes'] / 2**30:.1f} GiB), "
-        f"{hw['os']}, Python {hw['python']}; workers: {', '.join(p['workers'])}",
+        f"- Load generator: {hw.cpu} ({hw.cpu_count} CPUs, {hw.memory_bytes / 2**30:.1f} GiB), "
+        f"{hw.os}, Python {hw.python}; workers: {', '.join(p.workers)}",
         f"- Libraries: {libs}",
-        f"- Scenario: {s['scenario']}; seed {p['seed']}; run {s['run_id']}, {s['duration_s']:.0f} s",
+        f"- Scenario: {s.scenario}; seed {p.seed}; run {s.run_id}, {s.duration_s:.0f} s",
     ]
 
 
-def slo_table(s: dict[str, Any]) -> list[str]:
+def slo_table(s: Summary) -> list[str]:
     rows = ["| Metric | Target | Actual | Status |", "|---|---|---|---|"]
-    for c in s["slo"]:
-        note = f" ({c['note']})" if c["note"] and not c["passed"] else ""
-        rows.append(
-            f"| {c['metric']} | {c['target']} | {c['actual']}{note} | {'PASS' if c['passed'] else 'FAIL'} |"
-        )
+    for c in s.slo:
+        note = f" ({c.note})" if c.note and not c.passed else ""
+        rows.append(f"| {c.metric} | {c.target} | {c.actual}{note} | {'PASS' if c.passed else 'FAIL'} |")
     return rows
 
 
-def phase_table(s: dict[str, Any]) -> list[str]:
+def phase_table(s: Summary) -> list[str]:
     rows = [
         "| Phase | Users | Batch | Requests | Failures | Req/s | Samples/s | p50 ms | p95 ms | p99 ms | max ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for ph in s["phases"]:
-        lat = ph.get("latency_ms") or {}
+    for ph in s.phases:
+        lat = ph.latency_ms
         rows.append(
-            f"| {ph['name']} | {ph['users']}{' @ ' + format(ph['rate'], 'g') + '/s' if ph['rate'] else ''} | "
-            f"{ph['batch_size']} | {ph.get('requests', 0)} | {ph.get('failures', 0)} | "
-            f"{ph.get('rps', 0.0):.1f} | {ph.get('samples_per_s', 0.0):.1f} | {_ms(lat.get('p50'))} | "
-            f"{_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} | {_ms(lat.get('max'))} |"
+            f"| {ph.name} | {ph.users}{' @ ' + format(ph.rate, 'g') + '/s' if ph.rate else ''} | "
+            f"{ph.batch_size} | {ph.requests} | {ph.failures} | "
+            f"{ph.rps:.1f} | {ph.samples_per_s:.1f} | {_ms(lat.p50 if lat else None)} | "
+            f"{_ms(lat.p95 if lat else None)} | {_ms(lat.p99 if lat else None)} | "
+            f"{_ms(lat.max if lat else None)} |"
         )
     return rows
 
 
-def markdown(s: dict[str, Any]) -> str:
+def _capacity(s: Summary) -> list[str]:
+    if s.stress is None:
+        return []
+    best = s.stress.highest_held
+    lines = ["## Capacity", "", f"- Highest load that held the SLO: {best.name if best else 'none'}"]
+    k = s.stress.knee
+    if k is not None:
+        lines.append(
+            f"- Latency bends (throughput stops following load) at {k.at}: "
+            f"{k.samples_per_s:.1f} samples/s, p99 {_ms(k.p99_ms)} ms"
+        )
+    return [*lines, ""]
+
+
+def _generator(s: Summary) -> list[str]:
+    g = s.generator
+    lines = ["## Load generator", ""]
+    for w, v in g.workers.items():
+        lines.append(
+            f"- {w}: CPU mean {v.cpu_mean:.0f} %, max {v.cpu_max:.0f} %, "
+            f"saturated {v.saturated_fraction:.0%} of the time"
+        )
+    ol = g.openloop
+    if ol.scheduled:
+        lines.append(
+            f"- Open loop: {ol.scheduled} sends scheduled, {ol.late} dispatched late, "
+            f"{ol.dropped} dropped; the dispatcher trailed its schedule by "
+            f"{ol.max_behind_ms:.1f} ms at worst"
+        )
+    if g.lost_workers:
+        lines.append(f"- Lost workers: {', '.join(g.lost_workers)}")
+    return [*lines, ""]
+
+
+def markdown(s: Summary) -> str:
     lines = [
-        f"# modelsoak report — {s['run_id']}",
+        f"# modelsoak report — {s.run_id}",
         "",
-        f"**Verdict: {s['verdict']}** (exit code {s['exit_code']})",
+        f"**Verdict: {s.verdict}** (exit code {s.exit_code})",
         "",
     ]
-    if s["generator"]["invalid_reasons"]:
-        lines += ["The run is invalid:", *[f"- {r}" for r in s["generator"]["invalid_reasons"]], ""]
+    if s.generator.invalid_reasons:
+        lines += ["The run is invalid:", *[f"- {r}" for r in s.generator.invalid_reasons], ""]
     lines += ["## Test environment", "", *environment_lines(s), ""]
     lines += ["## Results", "", *slo_table(s), ""]
     lines += ["## Phases", "", *phase_table(s), ""]
-    if s.get("stress"):
-        st = s["stress"]
-        best = st["highest_held"]
-        lines += ["## Capacity", "", f"- Highest load that held the SLO: {best['name'] if best else 'none'}"]
-        if st["knee"]:
-            k = st["knee"]
-            lines.append(
-                f"- Latency bends (throughput stops following load) at {k['at']}: "
-                f"{k['samples_per_s']:.1f} samples/s, p99 {_ms(k['p99_ms'])} ms"
-            )
-        lines.append("")
+    lines += _capacity(s)
     lines += ["## Bottleneck analysis", "", *[f"- {b}" for b in bottlenecks(s)], ""]
     lines += ["## Optimisation suggestions", "", *[f"- {x}" for x in suggestions(s)], ""]
-    g = s["generator"]
-    lines += ["## Load generator", ""]
-    for w, v in g["workers"].items():
-        lines.append(
-            f"- {w}: CPU mean {v['cpu_mean']:.0f} %, max {v['cpu_max']:.0f} %, "
-            f"saturated {v['saturated_fraction']:.0%} of the time"
-        )
-    if g["openloop"]["scheduled"]:
-        ol = g["openloop"]
-        lines.append(
-            f"- Open loop: {ol['scheduled']} sends scheduled, {ol['late']} dispatched late, "
-            f"{ol['dropped']} dropped; the dispatcher trailed its schedule by "
-            f"{ol.get('max_behind_ms', 0):.1f} ms at worst"
-        )
-    if g["lost_workers"]:
-        lines.append(f"- Lost workers: {', '.join(g['lost_workers'])}")
-    lines.append("")
-    if s.get("baseline"):
-        b = s["baseline"]
-        lines += [f"## Against the baseline ({b['path']})", ""]
+    lines += _generator(s)
+    if s.baseline is not None:
+        b = s.baseline
+        lines += [f"## Against the baseline ({b.path})", ""]
         lines += [
-            f"- {c['metric']}: {c['actual']} (limit {c['target']}) — {'PASS' if c['passed'] else 'FAIL'}"
-            for c in b["checks"]
+            f"- {c.metric}: {c.actual} (limit {c.target}) — {'PASS' if c.passed else 'FAIL'}"
+            for c in b.checks
         ] + [""]
     lines += ["Files: summary.json, report.html, timeseries.jsonl", ""]
     return "\n".join(lines)
@@ -135,31 +143,29 @@ def read_series(results: Path) -> list[dict[str, Any]]:
     return out
 
 
-def html_report(s: dict[str, Any], series: list[dict[str, Any]]) -> str:
+def html_report(s: Summary, series: list[dict[str, Any]]) -> str:
     md = markdown(s)
-    charts = _svg.charts(s, series)
-    body = _svg.markdown_to_html(md)
+    charts = svg.charts(s, series)
+    body = svg.markdown_to_html(md)
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>modelsoak {html.escape(s['run_id'])}</title><style>{_svg.CSS}</style></head><body>"
+        f"<title>modelsoak {html.escape(s.run_id)}</title><style>{svg.CSS}</style></head><body>"
         f"{body}<h2>Charts</h2>{charts}</body></html>"
     )
 
 
-def write(results: Path, summary: dict[str, Any]) -> None:
+def write(results: Path, summary: Summary) -> None:
     (results / "report.md").write_text(markdown(summary))
     (results / "report.html").write_text(html_report(summary, read_series(results)))
 
 
-def verdict_table(s: dict[str, Any], results: Path) -> str:
-    width = max([len(c["metric"]) for c in s["slo"]] + [20])
-    lines = ["", f"modelsoak verdict: {s['verdict']} (exit code {s['exit_code']})", ""]
+def verdict_table(s: Summary, results: Path) -> str:
+    width = max([len(c.metric) for c in s.slo] + [20])
+    lines = ["", f"modelsoak verdict: {s.verdict} (exit code {s.exit_code})", ""]
     lines.append(f"{'metric':<{width}}  {'target':<22} {'actual':<28} status")
-    for c in s["slo"]:
-        lines.append(
-            f"{c['metric']:<{width}}  {c['target']:<22} {c['actual']:<28} {'PASS' if c['passed'] else 'FAIL'}"
-        )
-    for r in s["generator"]["invalid_reasons"]:
+    for c in s.slo:
+        lines.append(f"{c.metric:<{width}}  {c.target:<22} {c.actual:<28} {'PASS' if c.passed else 'FAIL'}")
+    for r in s.generator.invalid_reasons:
         lines.append(f"INVALID: {r}")
     lines += ["", f"report: {results / 'report.md'}", f"        {results / 'report.html'}", ""]
     return "\n".join(lines)

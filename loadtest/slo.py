@@ -3,44 +3,35 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
-from typing import Any
 
-
-@dataclass
-class Check:
-    name: str
-    metric: str
-    target: str
-    actual: str
-    passed: bool
-    note: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from loadtest.plan import Plan
+from loadtest.results import Check, Knee, Memory, OpenLoop, PhaseResult, Stress, StressStep, Totals
 
 
 def _fmt_ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f} ms" if x < 10 else f"{x:.1f} ms"
 
 
-def _by_kind(phases: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [p for p in phases if p["kind"] == kind]
+def _by_kind(phases: list[PhaseResult], kind: str) -> list[PhaseResult]:
+    return [p for p in phases if p.kind == kind]
 
 
-def latency_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+def _lat(ph: PhaseResult | None, key: str) -> float | None:
+    return ph.latency_ms.at(key) if ph is not None and ph.latency_ms is not None else None
+
+
+def latency_checks(plan: Plan, phases: list[PhaseResult]) -> list[Check]:
     out = []
     for ph in _by_kind(phases, "latency"):
-        lat = ph.get("latency_ms") or {}
         for q in ("p50", "p95", "p99"):
             target = plan["latency"].get(f"{q}_ms")
             if target is None:
                 continue
-            actual = lat.get(q)
+            actual = _lat(ph, q)
             out.append(
                 Check(
                     f"latency {q}",
-                    f"{q} latency, batch {ph['batch_size']}, warm-up excluded",
+                    f"{q} latency, batch {ph.batch_size}, warm-up excluded",
                     f"< {target:g} ms",
                     _fmt_ms(actual),
                     actual is not None and actual < target,
@@ -49,31 +40,31 @@ def latency_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[C
     return out
 
 
-def throughput_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+def throughput_checks(plan: Plan, phases: list[PhaseResult]) -> list[Check]:
     target = plan["throughput"]["min_samples_per_s"]
     return [
         Check(
-            f"throughput bs={ph['batch_size']}",
-            f"samples/s at batch {ph['batch_size']} ({ph['users']} users)",
+            f"throughput bs={ph.batch_size}",
+            f"samples/s at batch {ph.batch_size} ({ph.users} users)",
             f">= {target:g}/s",
-            f"{ph.get('samples_per_s', 0.0):.1f}/s",
-            ph.get("samples_per_s", 0.0) >= target,
+            f"{ph.samples_per_s:.1f}/s",
+            ph.samples_per_s >= target,
         )
         for ph in _by_kind(phases, "throughput")
     ]
 
 
-def batch_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+def batch_checks(plan: Plan, phases: list[PhaseResult]) -> list[Check]:
     p = plan["batch"]
     q = float(p["percentile"])
     key = f"p{q:g}" if q != 100 else "max"
     out = []
     for ph in _by_kind(phases, "batch"):
-        actual = (ph.get("latency_ms") or {}).get(key)
+        actual = _lat(ph, key)
         out.append(
             Check(
-                f"batch {ph['batch_size']} latency",
-                f"{key} latency of a batch of {ph['batch_size']}",
+                f"batch {ph.batch_size} latency",
+                f"{key} latency of a batch of {ph.batch_size}",
                 f"< {p['max_latency_ms']:g} ms",
                 _fmt_ms(actual),
                 actual is not None and actual < p["max_latency_ms"],
@@ -82,16 +73,16 @@ def batch_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Che
     return out
 
 
-def memory_checks(plan: dict[str, Any], scenario_kinds: set[str], memory: dict[str, Any]) -> list[Check]:
+def memory_checks(plan: Plan, scenario_kinds: set[str], memory: Memory) -> list[Check]:
     out = []
     if "memory" in scenario_kinds:
         limit = plan["memory"]["max_peak_bytes"]
-        if memory.get("available"):
-            peak = memory["peak_bytes"]
+        if memory.available:
+            peak = memory.peak_bytes
             out.append(
                 Check(
                     "peak memory",
-                    f"server peak ({memory['source']})",
+                    f"server peak ({memory.source})",
                     f"< {limit / 1e9:.2f} GB",
                     f"{peak / 1e9:.3f} GB",
                     peak < limit,
@@ -99,21 +90,21 @@ def memory_checks(plan: dict[str, Any], scenario_kinds: set[str], memory: dict[s
             )
         else:
             out.append(
-                Check("peak memory", "server peak", f"< {limit / 1e9:.2f} GB", "n/a", False, memory["reason"])
+                Check("peak memory", "server peak", f"< {limit / 1e9:.2f} GB", "n/a", False, memory.reason)
             )
     if "soak" in scenario_kinds:
         soak = plan["soak"]
-        if memory.get("available"):
-            leak = memory["leak"]
-            slope = leak.get("slope_bytes_per_hour")
+        if memory.available and memory.leak is not None:
+            leak = memory.leak
+            slope = leak.slope_bytes_per_hour
             out.append(
                 Check(
                     "memory leak",
-                    f"trend of {memory['source']} (Theil-Sen, Mann-Kendall)",
+                    f"trend of {memory.source} (Theil-Sen, Mann-Kendall)",
                     "no significant growth",
                     "n/a" if slope is None else f"{slope / 2**20:+.2f} MiB/h",
-                    not leak["suspected"],
-                    leak["reason"],
+                    not leak.suspected,
+                    leak.reason,
                 )
             )
             if soak.get("max_memory_bytes"):
@@ -121,10 +112,10 @@ def memory_checks(plan: dict[str, Any], scenario_kinds: set[str], memory: dict[s
                 out.append(
                     Check(
                         "memory ceiling",
-                        f"server peak ({memory['source']})",
+                        f"server peak ({memory.source})",
                         f"< {limit / 1e9:.2f} GB",
-                        f"{memory['peak_bytes'] / 1e9:.3f} GB",
-                        memory["peak_bytes"] < limit,
+                        f"{memory.peak_bytes / 1e9:.3f} GB",
+                        memory.peak_bytes < limit,
                     )
                 )
         else:
@@ -135,19 +126,19 @@ def memory_checks(plan: dict[str, Any], scenario_kinds: set[str], memory: dict[s
                     "no significant growth",
                     "n/a",
                     False,
-                    memory["reason"],
+                    memory.reason,
                 )
             )
     return out
 
 
-def soak_latency_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+def soak_latency_checks(plan: Plan, phases: list[PhaseResult]) -> list[Check]:
     target = plan["soak"].get("p99_ms")
     if target is None:
         return []
     out = []
     for ph in _by_kind(phases, "soak"):
-        actual = (ph.get("latency_ms") or {}).get("p99")
+        actual = _lat(ph, "p99")
         out.append(
             Check(
                 "soak p99",
@@ -160,89 +151,70 @@ def soak_latency_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> l
     return out
 
 
-def concurrency_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+def concurrency_checks(plan: Plan, phases: list[PhaseResult]) -> list[Check]:
     p = plan["concurrency"]
     want = p["users"] * p["requests_per_user"]
     out = []
     for ph in _by_kind(phases, "concurrency"):
-        ok = ph.get("requests", 0) - ph.get("failures", 0)
+        ok = ph.requests - ph.failures
         out.append(
             Check(
                 "concurrency",
                 f"{p['users']} concurrent clients x {p['requests_per_user']} requests",
                 f"{want} of {want} succeed",
-                f"{ok} of {ph.get('requests', 0)} succeeded",
-                ok >= want and ph.get("failures", 0) == 0,
+                f"{ok} of {ph.requests} succeeded",
+                ok >= want and ph.failures == 0,
             )
         )
     return out
 
 
-def stress_analysis(plan: dict[str, Any], phases: list[dict[str, Any]]) -> dict[str, Any]:
+def stress_analysis(plan: Plan, phases: list[PhaseResult]) -> Stress:
     """Which steps held the SLO, the highest that did, and where latency bends."""
     p = plan["stress"]
     steps = []
     for ph in _by_kind(phases, "stress"):
-        lat = ph.get("latency_ms") or {}
-        err = ph["failures"] / ph["requests"] if ph.get("requests") else 1.0
-        held = (
-            bool(ph.get("requests"))
-            and lat.get("p99") is not None
-            and lat["p99"] < p["p99_ms"]
-            and err <= p["max_error_ratio"]
-        )
-        load = ph["rate"] if ph["rate"] else ph["users"]
-        steps.append(
-            {
-                "name": ph["name"],
-                "load": load,
-                "held": held,
-                "p99_ms": lat.get("p99"),
-                "samples_per_s": ph.get("samples_per_s", 0.0),
-                "error_ratio": err,
-            }
-        )
-    held = [s for s in steps if s["held"]]
+        p99 = _lat(ph, "p99")
+        err = ph.failures / ph.requests if ph.requests else 1.0
+        held = bool(ph.requests) and p99 is not None and p99 < p["p99_ms"] and err <= p["max_error_ratio"]
+        load = ph.rate if ph.rate else float(ph.users)
+        steps.append(StressStep(ph.name, load, held, p99, ph.samples_per_s, err))
+    held_steps = [s for s in steps if s.held]
     knee = None
     for prev, cur in itertools.pairwise(steps):
-        if prev["samples_per_s"] <= 0:
+        if prev.samples_per_s <= 0:
             continue
-        load_gain = cur["load"] / prev["load"] - 1
-        tput_gain = cur["samples_per_s"] / prev["samples_per_s"] - 1
+        load_gain = cur.load / prev.load - 1
+        tput_gain = cur.samples_per_s / prev.samples_per_s - 1
         if load_gain > 0 and tput_gain < 0.5 * load_gain:
-            knee = {
-                "at": prev["name"],
-                "load": prev["load"],
-                "samples_per_s": prev["samples_per_s"],
-                "p99_ms": prev["p99_ms"],
-            }
+            knee = Knee(prev.name, prev.load, prev.samples_per_s, prev.p99_ms)
             break
-    return {"steps": steps, "highest_held": held[-1] if held else None, "knee": knee}
+    return Stress(steps, held_steps[-1] if held_steps else None, knee)
 
 
-def stress_checks(plan: dict[str, Any], stress: dict[str, Any]) -> list[Check]:
-    if not stress["steps"]:
+def stress_checks(plan: Plan, stress: Stress) -> list[Check]:
+    if not stress.steps:
         return []
-    best = stress["highest_held"]
+    best = stress.highest_held
     return [
         Check(
             "capacity",
             f"highest load with p99 < {plan['stress']['p99_ms']:g} ms and errors <= "
             f"{plan['stress']['max_error_ratio']:.0%}",
             "at least the first step holds",
-            best["name"] if best else "no step held",
+            best.name if best else "no step held",
             best is not None,
         )
     ]
 
 
-def spike_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Check]:
+def spike_checks(plan: Plan, phases: list[PhaseResult]) -> list[Check]:
     p = plan["spike"]
-    by = {ph["name"]: ph for ph in phases if ph["kind"] == "spike"}
+    by = {ph.name: ph for ph in phases if ph.kind == "spike"}
     out = []
-    before = (by.get("spike:before", {}).get("latency_ms") or {}).get("p99")
-    peak = (by.get("spike:peak", {}).get("latency_ms") or {}).get("p99")
-    after = (by.get("spike:after", {}).get("latency_ms") or {}).get("p99")
+    before = _lat(by.get("spike:before"), "p99")
+    peak = _lat(by.get("spike:peak"), "p99")
+    after = _lat(by.get("spike:after"), "p99")
     if p.get("p99_ms") is not None and by:
         out.append(
             Check(
@@ -267,20 +239,20 @@ def spike_checks(plan: dict[str, Any], phases: list[dict[str, Any]]) -> list[Che
     return out
 
 
-def error_checks(plan: dict[str, Any], totals: dict[str, Any], openloop: dict[str, Any]) -> list[Check]:
+def error_checks(plan: Plan, totals: Totals, openloop: OpenLoop) -> list[Check]:
     e = plan["errors"]
     out = [
         Check(
             "errors",
             "failed requests / requests",
             f"<= {e['max_error_ratio']:.2%}",
-            f"{totals['error_ratio']:.2%} ({totals['failures']} of {totals['requests']})",
-            totals["error_ratio"] <= e["max_error_ratio"],
-            ", ".join(f"{k}: {n}" for k, n in totals["errors_by_status"].items()),
+            f"{totals.error_ratio:.2%} ({totals.failures} of {totals.requests})",
+            totals.error_ratio <= e["max_error_ratio"],
+            ", ".join(f"{k}: {n}" for k, n in totals.errors_by_status.items()),
         )
     ]
-    if openloop.get("scheduled"):
-        ratio = openloop["dropped"] / openloop["scheduled"]
+    if openloop.scheduled:
+        ratio = openloop.dropped / openloop.scheduled
         out.append(
             Check(
                 "dropped sends",
@@ -293,11 +265,11 @@ def error_checks(plan: dict[str, Any], totals: dict[str, Any], openloop: dict[st
     return out
 
 
-def regression_checks(plan: dict[str, Any], totals: dict[str, Any], baseline: dict[str, Any]) -> list[Check]:
+def regression_checks(plan: Plan, totals: Totals, baseline: Totals) -> list[Check]:
     r = plan["regression"]
     out = []
-    b_lat = (baseline["totals"].get("latency_ms") or {}).get("p99")
-    a_lat = (totals.get("latency_ms") or {}).get("p99")
+    b_lat = baseline.latency_ms.p99 if baseline.latency_ms else None
+    a_lat = totals.latency_ms.p99 if totals.latency_ms else None
     if b_lat and a_lat is not None:
         change = a_lat / b_lat - 1
         out.append(
@@ -309,9 +281,9 @@ def regression_checks(plan: dict[str, Any], totals: dict[str, Any], baseline: di
                 change <= r["max_p99_increase"],
             )
         )
-    b_tp = baseline["totals"].get("samples_per_s")
-    a_tp = totals.get("samples_per_s")
-    if b_tp and a_tp is not None:
+    b_tp = baseline.samples_per_s
+    a_tp = totals.samples_per_s
+    if b_tp:
         change = a_tp / b_tp - 1
         out.append(
             Check(

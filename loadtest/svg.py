@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.results import Summary
+
 CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
@@ -86,7 +88,7 @@ def bar_chart(title: str, parts: dict[str, float], unit: str) -> str:
     return f"<div class='chart'><h3>{html.escape(title)}</h3>{''.join(out)}<p>{' &nbsp; '.join(legend)}</p></div>"
 
 
-def charts(s: dict[str, Any], series: list[dict[str, Any]]) -> str:
+def charts(s: Summary, series: list[dict[str, Any]]) -> str:
     t = [p["t"] for p in series]
     out = [
         line_chart(
@@ -102,21 +104,23 @@ def charts(s: dict[str, Any], series: list[dict[str, Any]]) -> str:
             "",
         ),
     ]
-    mem = s.get("memory") or {}
-    if mem.get("available"):
-        mt, mb = mem["series"]["t"], mem["series"]["bytes"]
-        lines: dict[str, list[float | None]] = {f"{mem['source']} (MiB)": [b / 2**20 for b in mb]}
-        slope = mem["leak"].get("slope_bytes_per_s")
+    mem = s.memory
+    if mem.available and mem.series is not None:
+        mt, mb = mem.series.t, mem.series.bytes
+        lines: dict[str, list[float | None]] = {f"{mem.source} (MiB)": [b / 2**20 for b in mb]}
+        slope = mem.leak.slope_bytes_per_s if mem.leak else None
         if slope is not None and len(mt) > 1:
             arr_t, arr_b = np.array(mt), np.array(mb)
             intercept = float(np.median(arr_b - slope * arr_t))
             lines["Theil-Sen trend (MiB)"] = [(intercept + slope * tt) / 2**20 for tt in mt]
         out.append(line_chart("Server memory over time, with the fitted trend", mt, lines, "MiB"))
-    bd = s.get("server_breakdown") or {}
-    if bd.get("available"):
-        m = bd["mean_ms"]
-        parts = {k: m[k] for k in ("queue", "batch_assembly", "h2d", "compute", "d2h") if k in m}
-        parts["outside server"] = bd["outside_server_ms"]
+    bd = s.server_breakdown
+    if bd.available:
+        m = bd.mean_ms
+        parts: dict[str, float] = {
+            k: m[k] for k in ("queue", "batch_assembly", "h2d", "compute", "d2h") if k in m
+        }
+        parts["outside server"] = bd.outside_server_ms
         out.append(bar_chart("Where a request's time goes (means)", parts, "ms"))
     return "".join(out)
 

@@ -7,67 +7,66 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import gevent
 
-from loadtest import openloop as _openloop
 from loadtest.options import Options
-from loadtest.protocols import GrpcError, KServeClient, SetupError, Target, TorchServeClient, random_inputs
-from loadtest.recorder import RECORDER
-from loadtest.run import STATE
+from loadtest.protocols import (
+    GrpcError,
+    InputSpec,
+    KServeClient,
+    SetupError,
+    Target,
+    TorchServeClient,
+    random_inputs,
+)
+from loadtest.results import InputInfo, TargetInfo
+from loadtest.run import Run, runs
+
+if TYPE_CHECKING:
+    from locust.env import Environment
 
 log = logging.getLogger("modelsoak.loadgen")
-# Per process: the resolved target and the input arrays for each batch size.
-_TARGETS: dict[tuple[str, str, str, int], Target] = {}
-_ARRAYS: dict[tuple[Target, int], dict[str, Any]] = {}
-SETUP_ERRORS: list[str] = []
 
 
-def resolve_target(opts: Options, batch: int) -> Target:
+def resolve_target(run: Run, opts: Options, batch: int) -> Target:
+    """The target for this batch size, asked of the server once per run."""
     key = (opts.host, opts.model, opts.model_version, batch)
-    if key not in _TARGETS:
-        probe = KServeClient(opts.host, opts.request_timeout)
-        try:
-            if opts.protocol == "torchserve" and opts.model and opts.input_shape is not None:
-                from loadtest.protocols import InputSpec
-
-                spec = InputSpec("INPUT0", opts.datatype or "FP32", (batch, *opts.input_shape))
-                _TARGETS[key] = Target(
-                    opts.model, opts.model_version, (spec,), True, "", "torchserve", "", ""
-                )
-            else:
-                _TARGETS[key] = probe.resolve(
+    if key not in run.targets:
+        if opts.protocol == "torchserve" and opts.model and opts.input_shape is not None:
+            spec = InputSpec("INPUT0", opts.datatype or "FP32", (batch, *opts.input_shape))
+            run.targets[key] = Target(opts.model, opts.model_version, (spec,), True, "", "torchserve", "", "")
+        else:
+            probe = KServeClient(opts.host, opts.request_timeout)
+            try:
+                run.targets[key] = probe.resolve(
                     opts.model, opts.model_version, batch, opts.input_shape, opts.datatype
                 )
-        finally:
-            probe.close()
-    return _TARGETS[key]
+            finally:
+                probe.close()
+    return run.targets[key]
 
 
-def target_info(target: Target) -> dict[str, Any]:
-    return {
-        "model": target.model,
-        "version": target.version,
-        "platform": target.platform,
-        "server": target.server,
-        "server_version": target.server_version,
-        "sha256": target.sha256,
-        "inputs": [
-            {
-                "name": i.name,
-                "datatype": i.datatype,
-                "shape": list(i.shape[1:] if target.batchable else i.shape),
-            }
+def target_info(target: Target) -> TargetInfo:
+    return TargetInfo(
+        model=target.model,
+        version=target.version,
+        platform=target.platform,
+        server=target.server,
+        server_version=target.server_version,
+        sha256=target.sha256,
+        inputs=[
+            InputInfo(i.name, i.datatype, list(i.shape[1:] if target.batchable else i.shape))
             for i in target.inputs
         ],
-    }
+    )
 
 
 class Session:
-    """One user's connection and counters."""
+    """One user's connection and counters, for the run under way when it started."""
 
-    def __init__(self, environment: Any, host: str | None) -> None:
+    def __init__(self, environment: Environment, host: str | None) -> None:
         self.opts = Options.from_parsed(environment.parsed_options, host or environment.host)
         self.environment = environment
         if self.opts.protocol == "torchserve":
@@ -75,51 +74,53 @@ class Session:
             path = getattr(environment.parsed_options, "payload_file", "") or ""
             if path:
                 payload = Path(path).read_bytes()
-            self.client: Any = TorchServeClient(self.opts.host, self.opts.request_timeout, payload)
+            self.client: KServeClient | TorchServeClient = TorchServeClient(
+                self.opts.host, self.opts.request_timeout, payload
+            )
         else:
             self.client = KServeClient(self.opts.host, self.opts.request_timeout)
-        self.prepared_for: int | None = None
+        self.prepared_for: tuple[Run, int] | None = None
         self.sent: Counter[str] = Counter()
         self.total = 0
 
     def close(self) -> None:
         self.client.close()
 
-    def _prepare(self, batch: int) -> None:
-        target = resolve_target(self.opts, batch)
-        STATE.extra["target"] = target_info(target)
-        arrays = _ARRAYS.get((target, batch))
+    def _prepare(self, run: Run, batch: int) -> None:
+        target = resolve_target(run, self.opts, batch)
+        run.target = target_info(target)
+        arrays = run.arrays.get((target, batch))
         if arrays is None:
-            arrays = _ARRAYS[(target, batch)] = random_inputs(target.inputs, self.opts.seed)
+            arrays = run.arrays[(target, batch)] = random_inputs(target.inputs, self.opts.seed)
         self.client.prepare(target, arrays)
-        self.prepared_for = batch
+        self.prepared_for = (run, batch)
 
     def step(self) -> None:
-        phase = STATE.phase
-        if phase is None or SETUP_ERRORS:
+        run = runs(self.environment).current
+        phase = run.phase if run is not None else None
+        if run is None or phase is None or run.setup_errors:
             gevent.sleep(0.1)
             return
         if phase.requests_per_user and self.sent[phase.name] >= phase.requests_per_user:
             gevent.sleep(0.2)  # this user's share of the phase is done
             return
-        if self.prepared_for != phase.batch_size:
+        if self.prepared_for != (run, phase.batch_size):
             try:
-                self._prepare(phase.batch_size)
+                self._prepare(run, phase.batch_size)
             except (SetupError, OSError) as exc:
-                if not SETUP_ERRORS:
-                    SETUP_ERRORS.append(str(exc))
+                if not run.setup_errors:
+                    run.setup_errors.append(str(exc))
                     log.error("cannot load-test %s: %s", self.opts.host, exc)
                 gevent.sleep(1.0)
                 return
         scheduled = None
-        dispatcher = _openloop.DISPATCHER
-        if phase.rate > 0 and dispatcher is not None:
-            scheduled = dispatcher.take()
+        if phase.rate > 0 and run.dispatcher is not None:
+            scheduled = run.dispatcher.take()
             if scheduled is None:
                 return
-        self._send(phase.name, phase.batch_size, scheduled)
+        self._send(run, phase.name, phase.batch_size, scheduled)
 
-    def _send(self, name: str, batch: int, scheduled: float | None) -> None:
+    def _send(self, run: Run, name: str, batch: int, scheduled: float | None) -> None:
         if self.total < self.opts.warmup_requests:
             name = "warmup"
         self.total += 1
@@ -145,4 +146,4 @@ class Session:
             context={},
         )
         if name != "warmup":
-            RECORDER.record(name, latency_ns, status, batch, size, server)
+            run.recorder.record(name, latency_ns, status, batch, size, server)

@@ -3,18 +3,20 @@ worker, a killed master, and Locust's --processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from server.netutil import free_port
 from tests.conftest import LOCUST, ROOT, ServerProcess, locust_cmd
+from tests.loadgen_support import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +89,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c.stop_all()
 
 
+def _points(series: Path) -> list[dict[str, Any]]:
+    """The time series so far (a line being written may be cut short)."""
+    if not series.exists():
+        return []
+    out = []
+    for line in series.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
 def _plan(tmp: Path, text: str) -> str:
     path = tmp / "plan.yaml"
     path.write_text(text)
@@ -133,7 +146,11 @@ def test_lost_worker_is_named_in_the_report(mlp: ServerProcess, cluster: Cluster
         _plan(tmp_path, "soak: {users: 4, duration_s: 16, leak_warmup_s: 1}\n"),
     )
     workers = [cluster.worker(port, f"worker{i}") for i in range(2)]
-    time.sleep(7)
+    # Kill one once the master has measured load from both (a time-series point
+    # with all four users and requests in it).
+    series = tmp_path / "run" / "timeseries.jsonl"
+    wait_until(lambda: any(p["users"] == 4 and p["count"] > 0 for p in _points(series)), 60,
+               "a time-series point with both workers sending", lambda: cluster.log("master"), master)  # fmt: skip
     workers[0].send_signal(signal.SIGKILL)
     assert master.wait(120) == 4, cluster.log("master")[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -160,12 +177,12 @@ def test_killed_master_leaves_the_time_series(mlp: ServerProcess, cluster: Clust
     for i in range(2):
         cluster.worker(port, f"worker{i}")
     series = tmp_path / "run" / "timeseries.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not series.exists() or len(series.read_text().splitlines()) < 6):
-        time.sleep(0.5)
+    wait_until(
+        lambda: len(_points(series)) >= 6, 60, "six time-series points", lambda: cluster.log("master"), master
+    )
     master.send_signal(signal.SIGKILL)
     master.wait(30)
-    points = [json.loads(line) for line in series.read_text().splitlines()]
+    points = _points(series)
     assert len(points) >= 6
     assert any(p.get("count", 0) > 0 and "p99_ms" in p for p in points)
     assert not (tmp_path / "run" / "summary.json").exists()

@@ -3,12 +3,15 @@ ends with the right exit code and a complete results folder."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from loadtest.codec import SchemaError
+from loadtest.results import SCHEMA_VERSION, Summary
 from tests.conftest import ServerProcess, run_locust
 
 pytestmark = pytest.mark.slow
@@ -177,6 +180,41 @@ def test_baseline_regression(mlp: ServerProcess, tmp_path: Path) -> None:
     )
     assert third.returncode == 3
     assert "Against the baseline" in (third.results / "report.md").read_text()
+
+
+def test_summary_reads_back_through_its_types(mlp: ServerProcess, tmp_path: Path) -> None:
+    """summary.json is written from the result types and read back through them
+    (--baseline reads it so): the same document, and a summary of another
+    schema version is refused before the run starts."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("latency: {duration_s: 2}\n")
+    (tmp_path / "a").mkdir()
+    first = run_locust(mlp, tmp_path / "a", "--scenario", "latency", "--slo-file", str(plan))
+    assert first.returncode == 0, first.output[-2000:]
+    path = first.results / "summary.json"
+    summary = Summary.read(path)
+    assert summary.schema_version == SCHEMA_VERSION and summary.totals.requests > 0
+    assert summary.to_json() == path.read_text()
+    assert summary.totals.latency_ms is not None and summary.totals.latency_ms.p99_9 > 0
+    doc = json.loads(path.read_text())
+    for name, change in (
+        ("old", {"schema_version": None}),
+        ("future", {"schema_version": SCHEMA_VERSION + 1}),
+    ):
+        bad = tmp_path / f"{name}.json"
+        edited = {**doc, **change}
+        if change["schema_version"] is None:
+            del edited["schema_version"]
+        bad.write_text(json.dumps(edited))
+        (tmp_path / name).mkdir()
+        run = run_locust(
+            mlp, tmp_path / name, "--scenario", "latency", "--slo-file", str(plan), "--baseline", str(bad)
+        )
+        assert run.returncode == 2, run.output[-2000:]
+        assert f"this modelsoak reads schema_version {SCHEMA_VERSION}" in run.output
+    broken = {**doc, "totals": {**doc["totals"], "requests": "many"}}
+    with pytest.raises(SchemaError, match=r"summary.totals.requests: expected int"):
+        Summary.parse(broken)
 
 
 @pytest.mark.parametrize(

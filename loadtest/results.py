@@ -1,0 +1,324 @@
+"""The results of a run as types: `Summary` is summary.json, written from these
+dataclasses and read back through them (`--baseline`). The README's "summary.json"
+section lists the fields.
+
+`SCHEMA_VERSION` changes whenever a field changes meaning, is renamed or goes;
+a summary of another version is refused with a message that says so, rather
+than compared field by field with numbers that mean something else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtest.codec import SchemaError, from_json, to_json
+
+SCHEMA_VERSION = 1
+EXIT_PASS, EXIT_SETUP, EXIT_SLO, EXIT_INVALID = 0, 2, 3, 4
+
+
+@dataclass
+class InputInfo:
+    name: str
+    datatype: str
+    shape: list[int]  # one sample's dims (no batch dim when the model batches)
+
+
+@dataclass
+class TargetInfo:
+    """The model the run sent to, as the server described it."""
+
+    model: str = ""
+    version: str = ""
+    platform: str = ""
+    server: str = ""
+    server_version: str = ""
+    sha256: str = ""
+    inputs: list[InputInfo] = field(default_factory=list)
+
+
+@dataclass
+class Target(TargetInfo):
+    host: str = ""
+    protocol: str = ""
+
+
+@dataclass
+class Harness:
+    version: str
+    git_sha: str
+
+
+@dataclass
+class LocalGpu:
+    index: int
+    name: str
+    memory_total_bytes: int
+
+
+@dataclass
+class Hardware:
+    hostname: str
+    os: str
+    python: str
+    cpu: str
+    cpu_count: int | None
+    memory_bytes: int
+    gpus: list[LocalGpu]
+
+
+@dataclass
+class Provenance:
+    harness: Harness
+    libraries: dict[str, str]
+    hardware: Hardware
+    target: Target
+    # The server's own /stats sections, as it sent them (None: not our server, or no URL).
+    server: dict[str, Any] | None
+    server_gpu: dict[str, Any] | None
+    seed: int
+    options: dict[str, str | int | float | bool | None]
+    plan: dict[str, dict[str, Any]]
+    workers: list[str]
+
+
+@dataclass
+class Latency:
+    """Milliseconds, from the merged HDR histograms (µs resolution)."""
+
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    p99_9: float = field(metadata={"json": "p99.9"})
+    min: float
+    max: float
+    mean: float
+
+    def at(self, key: str) -> float | None:
+        """By the name a plan uses: p50 ... p99.9, min, max, mean."""
+        name = key.replace(".", "_")
+        value = getattr(self, name, None)
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass
+class Stage:
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class PhaseBreakdown:
+    """What the server said about its time (ours sends it; others do not)."""
+
+    requests: int
+    mean_batch_size: float
+    phases: dict[str, Stage]
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    kind: str
+    users: int
+    duration_s: float | None
+    batch_size: int
+    rate: float
+    requests_per_user: int
+    spawn_rate: float
+    started_s: float
+    ended_s: float
+    requests: int = 0
+    failures: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+    rps: float = 0.0
+    samples_per_s: float = 0.0
+    latency_ms: Latency | None = None
+    server_breakdown: PhaseBreakdown | None = None
+
+
+@dataclass
+class Totals:
+    requests: int
+    failures: int
+    error_ratio: float
+    errors_by_status: dict[str, int]
+    latency_ms: Latency | None
+    rps: float
+    samples_per_s: float
+
+
+@dataclass
+class Breakdown:
+    """Request-weighted server breakdown over the phases that have one."""
+
+    available: bool
+    reason: str = ""
+    mean_ms: dict[str, float] = field(default_factory=dict)
+    client_mean_ms: float = 0.0
+    outside_server_ms: float = 0.0
+
+
+@dataclass
+class Leak:
+    source: str
+    suspected: bool
+    slope_bytes_per_s: float | None
+    slope_low_bytes_per_s: float | None
+    slope_high_bytes_per_s: float | None
+    tau: float | None
+    p_value: float | None
+    samples: int
+    window_s: float | None
+    reason: str
+    slope_bytes_per_hour: float | None
+
+
+@dataclass
+class MemorySeries:
+    t: list[float]  # seconds since the run started
+    bytes: list[float]
+
+
+@dataclass
+class Memory:
+    available: bool
+    reason: str = ""
+    source: str = ""
+    peak_bytes: float = 0.0
+    first_bytes: float = 0.0
+    last_bytes: float = 0.0
+    samples: int = 0
+    peaks: dict[str, float] = field(default_factory=dict)
+    leak: Leak | None = None
+    series: MemorySeries | None = None
+
+
+@dataclass
+class StressStep:
+    name: str
+    load: float
+    held: bool
+    p99_ms: float | None
+    samples_per_s: float
+    error_ratio: float
+
+
+@dataclass
+class Knee:
+    at: str
+    load: float
+    samples_per_s: float
+    p99_ms: float | None
+
+
+@dataclass
+class Stress:
+    steps: list[StressStep]
+    highest_held: StressStep | None
+    knee: Knee | None
+
+
+@dataclass
+class WorkerCpu:
+    cpu_max: float
+    cpu_mean: float
+    saturated_fraction: float
+
+
+@dataclass
+class OpenLoop:
+    scheduled: int
+    late: int
+    dropped: int
+    late_fraction: float
+    max_behind_ms: float
+
+
+@dataclass
+class Generator:
+    """The load generator's own health: a run it could not drive is INVALID."""
+
+    workers: dict[str, WorkerCpu]
+    lost_workers: list[str]
+    openloop: OpenLoop
+    valid: bool
+    invalid_reasons: list[str]
+
+
+@dataclass
+class Check:
+    name: str
+    metric: str
+    target: str
+    actual: str
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class Baseline:
+    path: str
+    run_id: str
+    totals: Totals
+    checks: list[Check]
+
+
+@dataclass
+class Summary:
+    run_id: str
+    scenario: str
+    started: float
+    ended: float
+    duration_s: float
+    provenance: Provenance
+    phases: list[PhaseResult]
+    totals: Totals
+    server_breakdown: Breakdown
+    memory: Memory
+    stress: Stress | None
+    generator: Generator
+    slo: list[Check]
+    baseline: Baseline | None
+    verdict: str  # PASS | FAIL | INVALID
+    exit_code: int
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        doc = to_json(self)
+        # schema_version first: the key a reader looks at before any other
+        ordered = {"schema_version": doc.pop("schema_version"), **doc}
+        return json.dumps(ordered, indent=2) + "\n"
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.to_json())
+
+    @classmethod
+    def parse(cls, doc: Any, where: str = "summary") -> Summary:
+        if not isinstance(doc, dict) or "totals" not in doc:
+            raise SchemaError(f"{where}: not a modelsoak summary.json (no 'totals')")
+        version = doc.get("schema_version")
+        if version != SCHEMA_VERSION:
+            seen = (
+                "no schema_version (written before modelsoak versioned it)"
+                if version is None
+                else (f"schema_version {version!r}")
+            )
+            raise SchemaError(
+                f"{where}: {seen}; this modelsoak reads schema_version {SCHEMA_VERSION}: "
+                "run the baseline again with this version"
+            )
+        return from_json(cls, doc, where)
+
+    @classmethod
+    def read(cls, path: Path) -> Summary:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SchemaError(f"{path}: not a readable summary.json ({exc})") from None
+        return cls.parse(doc, str(path))
