@@ -300,10 +300,12 @@ def train(
     record_updates: bool = True,
     keep_params: bool = True,
     batch_source: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    stop_after_steps: int | None = None,
 ) -> TrainResult:
     """Train for cfg.epochs (each capped at max_steps_per_epoch), validating after every epoch.
 
     batch_source: train on these batches (every epoch) instead of the shuffled training set.
+    stop_after_steps: end the run early, the schedule unchanged (a prefix of the full run).
     """
     p = cfg if isinstance(cfg, Prepared) else prepare(cfg)
     c = p.config
@@ -331,7 +333,7 @@ def train(
     for epoch in range(1, c.epochs + 1):
         t0, sums = time.perf_counter(), [0.0, 0.0, 0]
         for i, (xb, yb) in enumerate(loader):
-            if i >= steps_per_epoch:
+            if i >= steps_per_epoch or (stop_after_steps is not None and res.steps >= stop_after_steps):
                 break
             if not _one_step(p, res, ctx, hooks, sched, named, xb, yb, epoch, sums, record_updates):
                 break
@@ -340,7 +342,7 @@ def train(
         res.epochs.append(rec)
         for h in hooks:
             h.on_epoch_end(ctx, rec)
-        if res.nonfinite is not None:
+        if res.nonfinite is not None or (stop_after_steps is not None and res.steps >= stop_after_steps):
             break
         sched.after_epoch(rec.val_loss)
     if keep_params:

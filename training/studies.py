@@ -36,13 +36,15 @@ class CellResult:
 
 
 def _worker_init() -> None:
+    import importlib
+
     import torch
 
-    import training.runner  # imports (torch, scikit-learn) done before the first cell's clock
-
+    # Imports (torch, scikit-learn) done before the first cell's clock starts.
+    importlib.import_module("training.runner")
+    importlib.import_module("sklearn.datasets")
     # Cells share the cores: one intra-op thread each instead of every worker spinning on all.
     torch.set_num_threads(1)
-    del training.runner
 
 
 def train_cell(cfg: TrainConfig, params: dict[str, Any]) -> CellResult:
