@@ -2,7 +2,8 @@
 
 One Prometheus (Debian's package) per module scrapes, every second, two real
 servers under light load (identity, with some bad requests, and leaky, which
-keeps memory per request) and a real Pushgateway holding a pushed run summary;
+keeps memory per request) and a real Pushgateway holding the summary a real
+load-generator run pushed at its end;
 it loads a copy of our alert rules whose `for:` durations are shortened (the
 expressions are the real ones, checked below). Then every dashboard expression
 and every rule expression is evaluated through the HTTP API.
@@ -16,7 +17,6 @@ summary to the Pushgateway at its end.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import signal
 import socket
@@ -35,11 +35,11 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from exporters import grafana
 from exporters.prometheus_api import PrometheusAPI, has_data
 from exporters.stack import RULES, Job, prometheus_config, start_prometheus, start_pushgateway, write_config
+from loadtest.results import Summary
 from server.netutil import free_port
 from tests.conftest import ServerProcess, infer_request, locust_cmd
 
@@ -99,6 +99,7 @@ class Stack:
     rules_copy: Path
     down_target: str
     loadgen_ports: list[int]
+    pushed: Summary  # the summary a real run pushed as the module started
 
     def instance(self, srv: ServerProcess) -> str:
         return f"127.0.0.1:{srv.metrics_port}"
@@ -160,21 +161,35 @@ def _start_loadgen(
     return subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT), port
 
 
-def push_summary(url: str, run_id: str, passed: bool) -> None:
-    """A run summary in the load generator's Pushgateway contract (job modelsoak, key run_id)."""
-    reg = CollectorRegistry()
-    Gauge("modelsoak_run_passed", "1 when every SLO held.", registry=reg).set(1 if passed else 0)
-    Gauge("modelsoak_run_exit_code", "Exit code.", registry=reg).set(0 if passed else 1)
-    slo = Gauge("modelsoak_run_slo_passed", "Each SLO check.", ["slo"], registry=reg)
-    slo.labels("p99_latency").set(1)
-    slo.labels("error_ratio").set(1 if passed else 0)
-    lat = Gauge("modelsoak_run_latency_seconds", "Client latency.", ["quantile"], registry=reg)
-    for q, v in (("0.5", 0.002), ("0.9", 0.004), ("0.95", 0.005), ("0.99", 0.009)):
-        lat.labels(q).set(v)
-    Gauge("modelsoak_run_throughput_samples_per_second", "Samples/s.", registry=reg).set(123.5)
-    Gauge("modelsoak_run_error_ratio", "Errors.", registry=reg).set(0.0 if passed else 0.2)
-    Gauge("modelsoak_run_leak_slope_bytes_per_second", "Leak slope.", registry=reg).set(12.0)
-    push_to_gateway(url, job="modelsoak", grouping_key={"run_id": run_id}, registry=reg)
+def _pushing_run(
+    tmp: Path, server: ServerProcess, gateway: str, run_id: str, plan: str
+) -> subprocess.Popen[bytes]:
+    """A real headless `locust -f loadgen/` soak run that pushes its summary at
+    its end: short, with the server's memory sampled often enough for a leak
+    slope, so every modelsoak_run_* series a dashboard reads is pushed."""
+    workdir = tmp / run_id
+    workdir.mkdir()
+    (workdir / "plan.yaml").write_text(plan)
+    cmd = locust_cmd(
+        server, workdir, "--scenario", "soak", "--slo-file", str(workdir / "plan.yaml"),
+        "--input-shape", "16", "--series-interval", "0.2", "--pushgateway", gateway,
+        "--server-metrics-url", f"http://127.0.0.1:{server.metrics_port}",
+    )  # fmt: skip
+    cmd[cmd.index("--run-id") + 1] = run_id
+    log = open(workdir / "locust.log", "wb")  # noqa: SIM115 - the process owns it
+    return subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _pushed(proc: subprocess.Popen[bytes], tmp: Path, run_id: str) -> Summary:
+    proc.wait(120)
+    path = tmp / run_id / run_id / "summary.json"
+    assert path.exists(), (tmp / run_id / "locust.log").read_text()[-3000:]
+    return Summary.read(path)
+
+
+PASSING_SOAK = "soak: {users: 1, duration_s: 8, leak_warmup_s: 1}\n"
+# p99 under a microsecond: no server meets it, so the run fails and pushes 0.
+FAILING_SOAK = "soak: {users: 1, duration_s: 4, leak_warmup_s: 1, p99_ms: 0.001}\n"
 
 
 def _test_rules(dest: Path) -> Path:
@@ -207,8 +222,8 @@ def stack(
         _start_loadgen(tmp, identity, "good"),
         _start_loadgen(tmp, identity, "bad", "--datatype", "INT32"),
     ]
+    pusher = _pushing_run(tmp, identity, gateway.url, RUN_ID, PASSING_SOAK)
     try:
-        push_summary(gateway.url, RUN_ID, passed=True)
         jobs = [
             Job("modelsoak-server", [f"127.0.0.1:{s.metrics_port}" for s in (identity, leaky)]),
             Job("modelsoak-pushgateway", [f"127.0.0.1:{gateway.port}"], honor_labels=True),
@@ -220,7 +235,10 @@ def stack(
         prom = start_prometheus(config, tmp / "data", "127.0.0.1:0")
         api = PrometheusAPI(prom.url)
         api.wait_ready()
-        st = Stack(api, identity, leaky, gateway.url, rules, down, [port for _, port in loadgens])
+        pushed = _pushed(pusher, tmp, RUN_ID)
+        # the leak slope too: every modelsoak_run_* series a dashboard reads was pushed
+        assert pushed.memory.leak is not None and pushed.memory.leak.slope_bytes_per_s is not None
+        st = Stack(api, identity, leaky, gateway.url, rules, down, [port for _, port in loadgens], pushed)
         rates = "sum by (instance) (rate(modelsoak_requests_total[5s]))"
         _eventually(lambda: len(api.query(rates)["result"]) == 2, what="request rates of both servers")
         _eventually(lambda: has_data(api.query("modelsoak_run_passed")), what="the pushed summary")
@@ -229,9 +247,10 @@ def stack(
         )
         yield st
     finally:
-        for proc, _ in loadgens:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        for proc in [pusher, *(p for p, _ in loadgens)]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
         stop.set()
         loader.join(15)
         if prom is not None:
@@ -370,16 +389,27 @@ def test_error_ratio_and_target_down_alerts_fire(stack: Stack) -> None:
     assert not _firing(stack, "ModelsoakServerDown")
 
 
-def test_pushed_summary_reaches_prometheus(stack: Stack) -> None:
-    push_summary(stack.gateway_url, "failed-run", passed=False)
+def test_pushed_summary_reaches_prometheus(stack: Stack, tmp_path: Path) -> None:
+    """The module's passing run came through; a failing run pushes 0 and its broken SLO."""
+    first = stack.prom.query(f'modelsoak_run_latency_seconds{{run_id="{RUN_ID}", quantile="0.99"}}')["result"]
+    assert stack.pushed.totals.latency_ms is not None
+    assert float(first[0]["value"][1]) == pytest.approx(stack.pushed.totals.latency_ms.p99 / 1000)
+    failed = _pushed(_pushing_run(tmp_path, stack.identity, stack.gateway_url, "failed-run", FAILING_SOAK),
+                     tmp_path, "failed-run")  # fmt: skip
+    assert failed.exit_code != 0 and not next(c for c in failed.slo if c.name == "soak p99").passed
     result = _eventually(
         lambda: stack.prom.query('modelsoak_run_passed{run_id="failed-run"}')["result"],
-        what="the second push",
+        what="the failing run's push",
     )
     assert result[0]["metric"]["job"] == "modelsoak", "honor_labels keeps the pushed job label"
     assert result[0]["value"][1] == "0"
-    p99 = stack.prom.query(f'modelsoak_run_latency_seconds{{run_id="{RUN_ID}", quantile="0.99"}}')["result"]
-    assert float(p99[0]["value"][1]) == pytest.approx(0.009)
+    slo = stack.prom.query('modelsoak_run_slo_passed{run_id="failed-run"}')["result"]
+    assert {r["metric"]["slo"]: r["value"][1] for r in slo} == {
+        c.name: str(int(c.passed)) for c in failed.slo
+    }
+    assert "0" in {r["value"][1] for r in slo}
+    code = stack.prom.query('modelsoak_run_exit_code{run_id="failed-run"}')["result"]
+    assert code[0]["value"][1] == str(failed.exit_code)
 
 
 # ------------------------------------------------------------------ dashboards
@@ -475,7 +505,7 @@ def test_a_run_pushes_its_summary_at_the_end(stack: Stack, tmp_path: Path) -> No
     cmd[cmd.index("--run-id") + 1] = "pushed-by-a-run"
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
-    summary = json.loads((tmp_path / "pushed-by-a-run" / "summary.json").read_text())
+    summary = Summary.read(tmp_path / "pushed-by-a-run" / "summary.json")
     result = _eventually(
         lambda: stack.prom.query('modelsoak_run_passed{run_id="pushed-by-a-run"}')["result"],
         what="the run's push",
@@ -484,6 +514,7 @@ def test_a_run_pushes_its_summary_at_the_end(stack: Stack, tmp_path: Path) -> No
     p99 = stack.prom.query('modelsoak_run_latency_seconds{run_id="pushed-by-a-run", quantile="0.99"}')[
         "result"
     ]
-    assert float(p99[0]["value"][1]) == pytest.approx(summary["totals"]["latency_ms"]["p99"] / 1000)
+    assert summary.totals.latency_ms is not None
+    assert float(p99[0]["value"][1]) == pytest.approx(summary.totals.latency_ms.p99 / 1000)
     tput = stack.prom.query('modelsoak_run_throughput_samples_per_second{run_id="pushed-by-a-run"}')["result"]
-    assert float(tput[0]["value"][1]) == pytest.approx(summary["totals"]["samples_per_s"])
+    assert float(tput[0]["value"][1]) == pytest.approx(summary.totals.samples_per_s)

@@ -294,7 +294,8 @@ RUN_TIME = "60s"  # Locust's -t: the hard stop, above the plan's duration
 SHORT_SOAK: dict[str, float | None] = {"duration_s": 12, "leak_warmup_s": 3}
 # The plan's p99 of 100 ms is for a cluster; here one small machine runs the
 # server, the master and both workers, and timing is not asserted in tests
-# (DESIGN.md). The passing run drops it; the failing run sets one nothing meets.
+# (speed is measured in bench/, README "Benchmarks"). The passing run drops it;
+# the failing run sets one nothing meets.
 NO_LATENCY_SLO: dict[str, float | None] = {"p99_ms": None}
 
 
