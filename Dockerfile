@@ -44,6 +44,7 @@ COPY server ./server
 COPY loadgen ./loadgen
 COPY loadtest ./loadtest
 COPY exporters ./exporters
+COPY training ./training
 # A regular (not editable) install: the console scripts modelsoak-server and
 # locust, and the packages in site-packages. /app/loadgen stays as the folder
 # `locust -f /app/loadgen` reads; its bytecode is compiled now because the root

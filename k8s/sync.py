@@ -28,6 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "exporters" / "rules" / "modelsoak-alerts.yml"
+TRAINING_RULES = ROOT / "exporters" / "rules" / "modelsoak-training-alerts.yml"
 DASHBOARDS = ROOT / "exporters" / "dashboards"
 OUT = ROOT / "k8s" / "components" / "monitoring" / "generated"
 
@@ -47,19 +48,19 @@ def _block_chomping(text: str) -> str:
     return "|+" if text.endswith("\n\n") else "|"
 
 
-def prometheus_rule(rules_text: str) -> str:
+def prometheus_rule(rules_text: str, source: Path = RULES, name: str = "modelsoak-alerts") -> str:
     """A PrometheusRule (monitoring.coreos.com/v1) whose spec is the rule file."""
     doc = yaml.safe_load(rules_text)
     if not isinstance(doc, dict) or set(doc) != {"groups"}:
-        raise ValueError(f"{RULES}: expected a rule file with one key, groups")
+        raise ValueError(f"{source}: expected a rule file with one key, groups")
     if rules_text.lstrip().startswith(("---", "%")):
-        raise ValueError(f"{RULES}: a document marker or directive cannot be embedded under spec")
+        raise ValueError(f"{source}: a document marker or directive cannot be embedded under spec")
     out = (
-        HEADER.format(source=RULES.relative_to(ROOT))
+        HEADER.format(source=source.relative_to(ROOT))
         + "apiVersion: monitoring.coreos.com/v1\n"
         + "kind: PrometheusRule\n"
         + "metadata:\n"
-        + "  name: modelsoak-alerts\n"
+        + f"  name: {name}\n"
         + "  labels:\n"
         + LABELS
         + "spec:\n"
@@ -104,6 +105,9 @@ def render() -> dict[Path, str]:
         raise ValueError(f"no dashboards in {DASHBOARDS}")
     return {
         OUT / "prometheusrule.yaml": prometheus_rule(RULES.read_text()),
+        OUT / "prometheusrule-training.yaml": prometheus_rule(
+            TRAINING_RULES.read_text(), TRAINING_RULES, "modelsoak-training-alerts"
+        ),
         OUT / "grafana-dashboards.yaml": dashboards_configmap(dashboards),
     }
 

@@ -8,7 +8,7 @@ optional, null switches a target off (then it is listed as not judged):
     training:
       max_epoch_time_s: 300        # every complete epoch
       min_gpu_utilization: 0.80    # NVML mean while training
-      max_peak_memory_bytes: 8.0e9 # CUDA max_memory_allocated, or process RSS on CPU
+      max_peak_memory_bytes: 8000000000  # CUDA max_memory_allocated, or process RSS on CPU
       target_accuracy: 0.85
       max_epochs_to_accuracy: 10
       max_time_to_accuracy_s: null
