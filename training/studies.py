@@ -33,6 +33,7 @@ class CellResult:
     val_metric_per_epoch: list[float | None] = field(default_factory=list)
     val_loss_per_epoch: list[float] = field(default_factory=list)
     epoch_end_seconds: list[float] = field(default_factory=list)  # cumulative training time
+    pid: int = 0  # the process that trained it
 
 
 def _worker_init() -> None:
@@ -62,7 +63,7 @@ def train_cell(cfg: TrainConfig, params: dict[str, Any]) -> CellResult:
         params, cfg.seed, res.final.val_loss, res.final.val_metric, res.metric, seconds, res.steps,
         res.train_samples / res.train_seconds if res.train_seconds else 0.0,
         res.nonfinite.step if res.nonfinite else None,
-        [e.val_metric for e in res.epochs], [e.val_loss for e in res.epochs], cum,
+        [e.val_metric for e in res.epochs], [e.val_loss for e in res.epochs], cum, os.getpid(),
     )
 
 
