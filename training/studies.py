@@ -212,7 +212,7 @@ def _finish(summary: Any, out: str, write: Callable[[Any, Any], None]) -> int:
 
 def run_sweep_command(args: Any) -> int:
     from training import study_report
-    from training.cli import config_from_args
+    from training.args import config_from_args
 
     base = config_from_args(args).resolved()
     lrs = args.lr or [base.lr]
@@ -231,7 +231,7 @@ def run_sweep_command(args: Any) -> int:
 
 def run_compare_optimizers_command(args: Any) -> int:
     from training import study_report
-    from training.cli import config_from_args
+    from training.args import config_from_args
 
     base = config_from_args(args)
     st = compare_optimizers(base, [o.strip() for o in args.optimizers.split(",") if o.strip()], args.target,
@@ -246,7 +246,7 @@ def run_compare_optimizers_command(args: Any) -> int:
 
 def run_compare_command(args: Any) -> int:
     from training import study_report
-    from training.cli import config_from_args
+    from training.args import config_from_args
     from training.compare import compare, to_rows
 
     base = config_from_args(args)
