@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import exporters, loadgen, server
+from bench import exporters, loadgen, server, training
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "loadgen_overhead": loadgen.generator_overhead,
     "loadgen_memory": loadgen.generator_memory,
     "exporters_metrics_cost": exporters.metrics_cost,
+    "training": training.overhead,
 }
 
 

@@ -215,20 +215,13 @@ def test_plan_refuses_values_that_are_not_numbers(tmp_path: Path) -> None:
         bench_plan.load_plan(plan)
 
 
-def test_module_entry_point_runs_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry", ["modelsoak-train", "python -m training.bench_cli"])
+def test_console_entry_points_print_the_table_and_exit_with_the_verdict(tmp_path: Path, entry: str) -> None:
+    exe = [str(Path(sys.executable).parent / "modelsoak-train")] if entry == "modelsoak-train" else [
+        sys.executable, "-m", "training.bench_cli"
+    ]  # fmt: skip
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.bench_cli",
-            "bench",
-            "--model",
-            "digits-cnn",
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
+        [*exe, "bench", "--model", "digits-cnn", "--epochs", "1", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
