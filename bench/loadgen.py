@@ -5,7 +5,9 @@
   server (identity model), same payload, same user count (goal >= 0.90);
 - memory: RSS growth of a Locust master and worker over a 6-minute run after
   a 2-minute warm-up, as a Theil-Sen slope (MiB/h) with the leak detector's
-  verdict, and the RSS every 10 s.
+  verdict, and the RSS every 10 s. Goals: neither process suspected of a leak,
+  and each one's RSS at the end within 5 % of its RSS when the warm-up ended
+  (`rss_ratio_*`: RSS after warm-up / RSS at the end, so growth lowers it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 import psutil
 
 from bench._procs import LOCUST, ROOT, headless_locust, interleaved, median, our_server, spawn_quiet
-from exporters.leak import LeakSettings, detect_leak
+from server.leak import LeakSettings, detect_leak
+from server.netutil import free_port
 
 
 def _locust_rps(
@@ -92,7 +95,7 @@ def generator_memory(duration: float = 360.0, users: int = 8, interval: float = 
     first two minutes are warm-up: a master's heap grows for about that long
     (allocator arenas reaching their working size) and then stays flat."""
     with our_server("--model", "identity") as srv, tempfile.TemporaryDirectory() as tmp:
-        port = 5557
+        port = free_port()
         master = spawn_quiet(
             headless_locust(
                 ROOT / "loadgen", srv["grpc"], users, duration, "--master", "--master-bind-port", str(port),
@@ -115,11 +118,18 @@ def generator_memory(duration: float = 360.0, users: int = 8, interval: float = 
                     )
             time.sleep(interval)
         worker.wait(60)
+    warmup = min(120.0, duration / 3)
     out: dict[str, Any] = {"setup": {"duration_s": duration, "users": users, "interval_s": interval}}
+    goals: dict[str, float] = {"leak_free": 1.0}
+    suspected = False
     for name, pts in series.items():
         t = np.array([p[0] for p in pts])
         v = np.array([p[1] for p in pts])
-        verdict = detect_leak(t, v, name, LeakSettings(warmup_s=min(120.0, duration / 3), min_samples=10))
+        verdict = detect_leak(t, v, name, LeakSettings(warmup_s=warmup, min_samples=10))
+        suspected = suspected or verdict.suspected
+        after = v[t >= warmup]
+        out[f"rss_ratio_{name}"] = float(after[0] / after[-1]) if len(after) else 0.0
+        goals[f"rss_ratio_{name}"] = 0.95
         out[name] = {
             "rss_start_mib": float(v[0] / 2**20) if len(v) else None,
             "rss_end_mib": float(v[-1] / 2**20) if len(v) else None,
@@ -131,4 +141,6 @@ def generator_memory(duration: float = 360.0, users: int = 8, interval: float = 
                 for t_, v_ in pts[:: max(1, int(10 / interval))]
             ],
         }
+    out["leak_free"] = 0.0 if suspected else 1.0
+    out["goals"] = goals
     return out

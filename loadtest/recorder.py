@@ -16,7 +16,6 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -188,7 +187,7 @@ class Recorder:
             if take_window:
                 window = encode(self.window) if self.window.get_total_count() else ""
                 self.window = new_hist()
-            return Snapshot(names, window, dict(self.openloop), self.cpu.to_dict(), self.started)
+            return Snapshot(names, window, dict(self.openloop), self.cpu.to_snapshot(), self.started)
 
 
 @dataclass
@@ -212,7 +211,7 @@ class Snapshot:
     names: dict[str, NameSnapshot]
     window: str  # encoded interval histogram ("" when empty)
     openloop: dict[str, int]
-    cpu: dict[str, Any]
+    cpu: CpuSnapshot
     started: float
     run_id: str = ""
     token: str = ""  # the run's (loadtest.run.Run.token)
@@ -274,26 +273,30 @@ class CpuStats:
         count = sum(steady.values())
         return sum(c for p, c in steady.items() if p >= threshold) / count if count else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "sum": self.total,
-            "max": self.max,
-            "last": self.last,
-            "head": list(self.head),
-            "hist": [[p, c] for p, c in self.hist.items()],
-        }
+    def to_snapshot(self) -> CpuSnapshot:
+        return CpuSnapshot(
+            self.n, self.total, self.max, self.last, list(self.head), [[p, c] for p, c in self.hist.items()]
+        )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CpuStats:
+    def from_snapshot(cls, d: CpuSnapshot) -> CpuStats:
         out = cls()
-        out.n = int(d.get("n", 0))
-        out.total = float(d.get("sum", 0.0))
-        out.max = float(d.get("max", 0.0))
-        out.last = float(d.get("last", 0.0))
-        out.head = [float(p) for p in d.get("head", [])]
-        out.hist = Counter({float(p): int(c) for p, c in d.get("hist", [])})
+        out.n, out.total, out.max, out.last = d.n, d.sum, d.max, d.last
+        out.head = list(d.head)
+        out.hist = Counter({float(p): int(c) for p, c in d.hist})
         return out
+
+
+@dataclass
+class CpuSnapshot:
+    """CpuStats as a worker ships it."""
+
+    n: int = 0
+    sum: float = 0.0
+    max: float = 0.0
+    last: float = 0.0
+    head: list[float] = field(default_factory=list)
+    hist: list[list[float]] = field(default_factory=list)  # [percent, count] pairs
 
 
 @dataclass
@@ -315,7 +318,7 @@ def merge(snapshots: dict[str, Snapshot]) -> Merged:
         behind = ol.pop("max_behind_us", 0)
         openloop.update(ol)
         openloop["max_behind_us"] = max(openloop.get("max_behind_us", 0), behind)
-        cpu[worker] = CpuStats.from_dict(snap.cpu)
+        cpu[worker] = CpuStats.from_snapshot(snap.cpu)
         for name, d in snap.names.items():
             st = names[name]
             decode_into(st.latency, d.latency)

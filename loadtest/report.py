@@ -6,13 +6,12 @@ from what was measured."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
-from typing import Any
 
 from loadtest import svg
 from loadtest.advice import bottlenecks, suggestions
 from loadtest.results import Summary
+from loadtest.series import Point, read_points
 
 
 def _ms(x: float | None) -> str:
@@ -130,20 +129,11 @@ def markdown(s: Summary) -> str:
     return "\n".join(lines)
 
 
-def read_series(results: Path) -> list[dict[str, Any]]:
-    path = results / "timeseries.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed process
-    return out
+def read_series(results: Path) -> list[Point]:
+    return read_points(results / "timeseries.jsonl")
 
 
-def html_report(s: Summary, series: list[dict[str, Any]]) -> str:
+def html_report(s: Summary, series: list[Point]) -> str:
     md = markdown(s)
     charts = svg.charts(s, series)
     body = svg.markdown_to_html(md)

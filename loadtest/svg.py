@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any
 
 import numpy as np
 
 from loadtest.results import Summary
+from loadtest.series import Point
 
 CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -88,19 +88,23 @@ def bar_chart(title: str, parts: dict[str, float], unit: str) -> str:
     return f"<div class='chart'><h3>{html.escape(title)}</h3>{''.join(out)}<p>{' &nbsp; '.join(legend)}</p></div>"
 
 
-def charts(s: Summary, series: list[dict[str, Any]]) -> str:
-    t = [p["t"] for p in series]
+def charts(s: Summary, series: list[Point]) -> str:
+    t = [p.t for p in series]
     out = [
         line_chart(
             "Latency percentiles over time (client, HDR, per 2 s)",
             t,
-            {q: [p.get(f"{q}_ms") for p in series] for q in ("p50", "p95", "p99")},
+            {
+                "p50": [p.p50_ms for p in series],
+                "p95": [p.p95_ms for p in series],
+                "p99": [p.p99_ms for p in series],
+            },
             "ms",
         ),
         line_chart(
             "Throughput and users over time",
             t,
-            {"requests/s": [p.get("rps") for p in series], "users": [p.get("users") for p in series]},
+            {"requests/s": [p.rps for p in series], "users": [float(p.users) for p in series]},
             "",
         ),
     ]
