@@ -106,7 +106,8 @@ def test_digits_cnn_step_statistics_and_split(digits_default: tuple[int, dict[st
     assert "## Bottleneck analysis" in report
     for plot in ("throughput.svg", "step_split.svg", "memory.svg", "accuracy.svg"):
         assert (out / plot).read_text().startswith("<svg") and "no data" not in (out / plot).read_text()
-    assert "<svg" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "<svg" in page and "<td>not measured: no GPU</td><td>NOT MEASURED</td>" in page
 
 
 def test_plan_switches_the_gpu_target_off_and_the_run_passes(tmp_path: Path) -> None:

@@ -214,6 +214,36 @@ def markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_html(md: str, svgs: dict[str, str]) -> str:
+    """The Markdown report as HTML: headings, tables, bullets, the plots inline."""
+    out, table = [], False
+    for line in md.splitlines():
+        if table and not line.startswith("|"):
+            out.append("</table>")
+            table = False
+        if line.startswith("|"):
+            if set(line) <= set("|-"):
+                continue
+            cell = "th" if not table else "td"
+            if not table:
+                out.append("<table border=1 cellspacing=0 cellpadding=4>")
+                table = True
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            out.append("<tr>" + "".join(f"<{cell}>{c}</{cell}>" for c in cells) + "</tr>")
+        elif line.startswith("!["):
+            out.append(f"<p>{svgs[line[line.index('(') + 1 : -1]]}</p>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+    if table:
+        out.append("</table>")
+    return "<!doctype html><meta charset=utf-8><title>training bench</title>\n" + "\n".join(out) + "\n"
+
+
 def write(s: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(s, indent=2, default=float) + "\n")
@@ -222,14 +252,5 @@ def write(s: dict[str, Any], out_dir: Path) -> Path:
         (out_dir / name).write_text(svg)
     md = markdown(s)
     (out_dir / "report.md").write_text(md)
-    body = "".join(
-        f"<p>{svgs[line[line.index('(') + 1 : -1]]}</p>"
-        if line.startswith("![")
-        else f"<pre>{html.escape(line)}</pre>"
-        for line in md.splitlines()
-        if line.strip()
-    )
-    (out_dir / "report.html").write_text(
-        f"<!doctype html><meta charset=utf-8><title>training bench</title>{body}\n"
-    )
+    (out_dir / "report.html").write_text(to_html(md, svgs))
     return out_dir
