@@ -10,11 +10,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from server.config import ServerSettings
+
+if TYPE_CHECKING:
+    from server.app import InferenceServer
 
 log = logging.getLogger("modelsoak.server")
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     try:
-        return asyncio.run(_serve(settings, args))
+        return asyncio.run(serve(settings, args))
     except StartupError as exc:
         print(f"modelsoak-server: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -118,12 +121,16 @@ class StartupError(Exception):
     pass
 
 
-async def _serve(settings: ServerSettings, args: argparse.Namespace) -> int:
+async def serve(
+    settings: ServerSettings, args: argparse.Namespace, server: InferenceServer | None = None
+) -> int:
+    """Start `server` (default: the standard one for `settings`), report its ports,
+    and run it until SIGTERM or SIGINT."""
     from server.app import InferenceServer, describe_ports
     from server.backends import ModelLoadError
     from server.repository import RepositoryError
 
-    server = InferenceServer(settings)
+    server = server or InferenceServer(settings)
     try:
         if args.prepare_only:
             models = server.core.prepare_all()
