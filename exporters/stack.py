@@ -9,9 +9,12 @@ generated configuration that scrapes:
   one of the two answers in a given run, so alerts look at the job as a whole;
 - job `modelsoak-pushgateway`: the Pushgateway, with honor_labels so that the
   pushed job="modelsoak" and run_id labels survive;
+- job `modelsoak-training`: a training run's metrics (`modelsoak-train bench
+  --metrics-port 9647`);
 
-and loads exporters/rules/modelsoak-alerts.yml. Data, logs, the generated
-configuration and a Grafana provisioning folder go under results/stack/.
+and loads exporters/rules/modelsoak-alerts.yml and modelsoak-training-alerts.yml.
+Data, logs, the generated configuration and a Grafana provisioning folder go
+under results/stack/.
 Ctrl-C or SIGTERM stops both.
 
 `prometheus_config()` and `start_prometheus()` / `start_pushgateway()` are the
@@ -36,6 +39,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 RULES = HERE / "rules" / "modelsoak-alerts.yml"
+TRAINING_RULES = HERE / "rules" / "modelsoak-training-alerts.yml"
 DASHBOARDS = HERE / "dashboards"
 _LISTENING = re.compile(r'msg="Listening on" address=\[?([0-9a-fA-F.:]+?)\]?:(\d+)\b')
 
@@ -253,8 +257,11 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     try:
         loadgen = tuple(args.loadgen or ("127.0.0.1:8089", "127.0.0.1:8090"))
         jobs = default_jobs(args.server, loadgen, f"127.0.0.1:{gateway.port}")
+        # `modelsoak-train bench --metrics-port 9647` (training/monitor.py)
+        jobs.append(Job("modelsoak-training", ["127.0.0.1:9647"]))
         config = write_config(
-            base / "prometheus.yml", prometheus_config(jobs, [RULES], args.scrape_interval_s)
+            base / "prometheus.yml",
+            prometheus_config(jobs, [RULES, TRAINING_RULES], args.scrape_interval_s),
         )
         prom = start_prometheus(
             config, base / "prometheus", f"127.0.0.1:{args.prometheus_port}", args.retention

@@ -300,6 +300,7 @@ def test_make_stack_runs_and_stops(tmp_path: Path) -> None:
             "modelsoak-server",
             "modelsoak-loadgen",
             "modelsoak-targets",
+            "modelsoak-training",
         }
         check = subprocess.run(
             ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
