@@ -85,7 +85,8 @@ def test_compare_models_measures_size_memory_and_speed(tmp_path: Path) -> None:
     for name in ("training_cases.py", "training_blocks.py"):
         shutil.copy(HERE / name, folder / name)
     code = main(["compare", "--model", "digits-cnn", "--model", f"{folder}/training_cases.py:deep_sigmoid",
-                 "--data", "digits-cnn", "--epochs", "1", "--inference-batches", "1,8", "--device", "cpu",
+                 "--data", "digits-cnn", "--epochs", "1", "--max-steps-per-epoch", "30", "--inference-batches", "1,8",
+                 "--device", "cpu",
                  "--out", str(tmp_path), "--run", "cmp"])
     assert code == 0
     models = TrainingSummary.read(tmp_path / "cmp" / "training_summary.json").study["models"]
@@ -96,5 +97,5 @@ def test_compare_models_measures_size_memory_and_speed(tmp_path: Path) -> None:
     for m in models:
         assert m["memory_kind"] == "rss_growth" and m["peak_memory_bytes"] > 0
         assert m["train_samples_per_s"] > 0 and set(m["inference_samples_per_s"]) == {"1", "8"}
-    assert cnn["val_metric"] > sig["val_metric"]  # the sigmoid stack stays at chance after one epoch
+    assert cnn["val_metric"] > sig["val_metric"]  # the sigmoid stack stays at chance
     assert "infer b=8 samples/s" in (tmp_path / "cmp" / "report.md").read_text()

@@ -42,7 +42,7 @@ def add_training_args(p: argparse.ArgumentParser, *, model_multi: bool = False, 
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=None, help="default: 0.01 for adamw, else 0")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap the steps of each epoch")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (CUDA)")
     p.add_argument("--threads", type=int, default=None,

@@ -112,7 +112,9 @@ def compare(base: TrainConfig, models: list[str], inference_batches: list[int]) 
     out = []
     ctx = get_context("spawn")
     for m in models:
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        # The worker uses this process's thread count (so --threads applies to it too).
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=torch.set_num_threads,
+                                 initargs=(torch.get_num_threads(),)) as pool:
             try:
                 out.append(pool.submit(measure_model, replace(base, model=m), inference_batches).result())
             except SetupError:

@@ -23,7 +23,7 @@ class TrainConfig:
     device: str = "auto"
     schedule: str = "constant"
     schedule_kw: dict[str, float] = field(default_factory=dict)
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: the optimizer's usual (0.01 for adamw, else 0)
     # At most this many optimizer steps per epoch (None: the whole training set), for quick runs.
     max_steps_per_epoch: int | None = None
     deterministic: bool = False  # torch.use_deterministic_algorithms on CUDA

@@ -36,7 +36,7 @@ def make_optimizer(
     """kw: weight_decay (all), momentum (sgd_momentum, default 0.9; rmsprop, default 0)."""
     if not (lr > 0 and math.isfinite(lr)):
         raise SetupError(f"--lr {lr}: expected a positive finite learning rate")
-    wd = float(kw.get("weight_decay", 0.0))
+    wd = float(kw.get("weight_decay") or 0.0)
     plist = [p for p in params if p.requires_grad]
     if not plist:
         raise SetupError("the model has no trainable parameters (every parameter has requires_grad=False)")
@@ -47,7 +47,8 @@ def make_optimizer(
     if name == "adam":
         return torch.optim.Adam(plist, lr=lr, weight_decay=wd)
     if name == "adamw":
-        return torch.optim.AdamW(plist, lr=lr, weight_decay=float(kw.get("weight_decay", 0.01)))
+        decay = kw.get("weight_decay")
+        return torch.optim.AdamW(plist, lr=lr, weight_decay=0.01 if decay is None else float(decay))
     if name == "rmsprop":
         return torch.optim.RMSprop(plist, lr=lr, momentum=float(kw.get("momentum", 0.0)), weight_decay=wd)
     if name == "adagrad":

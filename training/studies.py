@@ -252,7 +252,7 @@ def run_compare_command(args: Any) -> int:
     base = config_from_args(args)
     results = compare(base, list(args.model), list(args.inference_batches))
     for r in results:
-        print(f"{r.model}: {r.params} params, val {r.metric} {r.val_metric}, peak {r.peak_memory_bytes / 2**20:.1f} MiB "
+        print(f"{r.model}: {r.params} params, val {r.metric} {r.val_metric if r.val_metric is None else round(r.val_metric, 4)}, peak {r.peak_memory_bytes / 2**20:.1f} MiB "
               f"({r.memory_kind}), train {r.train_samples_per_s:.0f} samples/s, "
               f"infer {', '.join(f'b{b}: {v:.0f}/s' for b, v in r.inference_samples_per_s.items())}")
     s = _summary("compare", base, {"models": to_rows(results)}, [base.seed], args.run)

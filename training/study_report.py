@@ -63,7 +63,7 @@ def write_optimizers_report(s: TrainingSummary, folder: Path) -> None:
     rep.p(f"Same model, data, seed and budget ({st['epochs']} epochs) for each optimizer; "
           f"time-to-target is the first epoch reaching {metric} {st['target']}.")
     rep.table(["optimizer", "lr", f"final {metric or 'loss'}", "val loss", "epochs to target",
-               "seconds to target", "train seconds", "samples/s", "diverged at step"],
+               "training seconds to target", "run wall seconds", "samples/s", "diverged at step"],
               [[r["optimizer"], r["lr"], r["val_metric"], r["val_loss"], r["target_epoch"], r["target_seconds"],
                 r["seconds"], r["samples_per_s"], r["diverged_at_step"]] for r in st["optimizers"]])
     key = "val_metric_per_epoch" if metric else "val_loss_per_epoch"
