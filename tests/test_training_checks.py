@@ -47,7 +47,9 @@ def test_healthy_digits_cnn_passes_every_check_with_no_false_alarm() -> None:
     summary, ctx = run_checks(TrainConfig(model="digits-cnn", device="cpu"))
     statuses = {c.name: c.status for c in summary.checks}
     assert list(statuses) == list(CHECKS)
-    assert set(statuses.values()) == {"PASS"}, {c.name: c.detail for c in summary.checks if c.status != "PASS"}
+    assert set(statuses.values()) == {"PASS"}, {
+        c.name: c.detail for c in summary.checks if c.status != "PASS"
+    }
     assert summary.verdict == "PASS" and summary.exit_code == 0
     # The built-in reaches >= 85 % validation accuracy within its 10 epochs, on CPU.
     assert ctx.main.final.val_metric is not None and ctx.main.final.val_metric >= 0.85
@@ -55,8 +57,10 @@ def test_healthy_digits_cnn_passes_every_check_with_no_false_alarm() -> None:
 
 
 def test_vanishing_gradients_in_a_deep_sigmoid_stack(cases: Path) -> None:
-    summary, _ = run_checks(TrainConfig(model=f"{cases}:deep_sigmoid", data="digits-cnn", epochs=1,
-                                        device="cpu"), checks=["gradient_flow"])
+    summary, _ = run_checks(
+        TrainConfig(model=f"{cases}:deep_sigmoid", data="digits-cnn", epochs=1, device="cpu"),
+        checks=["gradient_flow"],
+    )
     r = by_name(summary)["gradient_flow"]
     assert r.status == "FAIL" and "vanishing" in r.detail
     # nn.Sequential(Flatten, Linear, Sigmoid, ...): the first Linear is "1", the last "21".
@@ -68,8 +72,10 @@ def test_vanishing_gradients_in_a_deep_sigmoid_stack(cases: Path) -> None:
 
 
 def test_detached_subnetwork_fails_while_the_head_still_learns(cases: Path) -> None:
-    summary, ctx = run_checks(TrainConfig(model=f"{cases}:detached", data="digits-cnn", epochs=6, device="cpu"),
-                              checks=["smoke", "gradient_flow", "convergence"])
+    summary, ctx = run_checks(
+        TrainConfig(model=f"{cases}:detached", data="digits-cnn", epochs=6, device="cpu"),
+        checks=["smoke", "gradient_flow", "convergence"],
+    )
     r = by_name(summary)
     backbone = ["backbone.0.weight", "backbone.0.bias"]
     assert r["gradient_flow"].status == "FAIL"
@@ -82,8 +88,10 @@ def test_detached_subnetwork_fails_while_the_head_still_learns(cases: Path) -> N
 
 
 def test_labels_without_signal_fail_convergence_though_training_loss_falls(cases: Path) -> None:
-    summary, _ = run_checks(TrainConfig(model="digits-cnn", data=f"{cases}:random_labels", epochs=10,
-                                          device="cpu"), checks=["convergence", "overfitting"])
+    summary, _ = run_checks(
+        TrainConfig(model="digits-cnn", data=f"{cases}:random_labels", epochs=10, device="cpu"),
+        checks=["convergence", "overfitting"],
+    )
     r = by_name(summary)
     ev = r["convergence"].evidence
     assert r["convergence"].status == "FAIL" and "trivial baseline" in r["convergence"].detail
@@ -97,8 +105,10 @@ def test_labels_without_signal_fail_convergence_though_training_loss_falls(cases
 
 
 def test_learning_rate_that_diverges_is_stopped_at_the_first_non_finite_step() -> None:
-    summary, ctx = run_checks(TrainConfig(model="digits-cnn", loss="mse", optimizer="sgd", lr=50.0, epochs=3,
-                                          device="cpu"), checks=["numerics", "convergence"])
+    summary, ctx = run_checks(
+        TrainConfig(model="digits-cnn", loss="mse", optimizer="sgd", lr=50.0, epochs=3, device="cpu"),
+        checks=["numerics", "convergence"],
+    )
     r = by_name(summary)["numerics"]
     assert r.status == "FAIL"
     assert r.evidence["step"] <= 5 and r.evidence["kind"] in ("loss", "activation", "gradient")
@@ -109,8 +119,9 @@ def test_learning_rate_that_diverges_is_stopped_at_the_first_non_finite_step() -
 
 
 def test_model_that_ignores_its_input_cannot_overfit_one_batch(cases: Path) -> None:
-    summary, _ = run_checks(TrainConfig(model=f"{cases}:ignores_input", data="digits-cnn", device="cpu"),
-                            checks=["overfit_batch"])
+    summary, _ = run_checks(
+        TrainConfig(model=f"{cases}:ignores_input", data="digits-cnn", device="cpu"), checks=["overfit_batch"]
+    )
     r = by_name(summary)["overfit_batch"]
     assert r.status == "FAIL" and r.evidence["reached_at_step"] is None
     assert r.evidence["final_loss"] > r.evidence["target_fraction"] * r.evidence["first_loss"]
@@ -123,23 +134,32 @@ def test_healthy_model_overfits_one_batch() -> None:
 
 
 def test_unseeded_randomness_breaks_reproducibility(cases: Path) -> None:
-    summary, _ = run_checks(TrainConfig(model=f"{cases}:unseeded", data="digits-cnn", epochs=1,
-                                        max_steps_per_epoch=10, device="cpu"), checks=["reproducibility"])
+    summary, _ = run_checks(
+        TrainConfig(
+            model=f"{cases}:unseeded", data="digits-cnn", epochs=1, max_steps_per_epoch=10, device="cpu"
+        ),
+        checks=["reproducibility"],
+    )
     r = by_name(summary)["reproducibility"]
     assert r.status == "FAIL" and r.evidence["first_diff_step"] == 0
 
 
 def test_seeded_model_is_bit_identical_twice() -> None:
-    summary, ctx = run_checks(TrainConfig(model="digits-cnn", epochs=1, max_steps_per_epoch=20, device="cpu"),
-                              checks=["reproducibility"])
+    summary, ctx = run_checks(
+        TrainConfig(model="digits-cnn", epochs=1, max_steps_per_epoch=20, device="cpu"),
+        checks=["reproducibility"],
+    )
     r = by_name(summary)["reproducibility"]
     assert r.status == "PASS" and r.evidence["max_abs_diff"] == 0.0
     assert ctx.main.step_loss[: ctx.repeat.steps] == ctx.repeat.step_loss and ctx.repeat.steps == 20
 
 
 def test_seed_lottery_fails_stability(cases: Path) -> None:
-    summary, _ = run_checks(TrainConfig(model=f"{cases}:seed_lottery", data="digits-cnn", epochs=2,
-                                          device="cpu"), checks=["seed_stability"], seeds=3)
+    summary, _ = run_checks(
+        TrainConfig(model=f"{cases}:seed_lottery", data="digits-cnn", epochs=2, device="cpu"),
+        checks=["seed_stability"],
+        seeds=3,
+    )
     r = by_name(summary)["seed_stability"]
     assert r.status == "FAIL" and r.evidence["cov"] > 0.10
     per_seed = r.evidence["per_seed"]
@@ -149,8 +169,10 @@ def test_seed_lottery_fails_stability(cases: Path) -> None:
 
 
 def test_a_check_that_cannot_measure_makes_the_run_invalid(cases: Path) -> None:
-    summary, _ = run_checks(TrainConfig(model=f"{cases}:crashes_mid_run", data="digits-cnn", epochs=2,
-                                        device="cpu"), checks=["smoke", "convergence"])
+    summary, _ = run_checks(
+        TrainConfig(model=f"{cases}:crashes_mid_run", data="digits-cnn", epochs=2, device="cpu"),
+        checks=["smoke", "convergence"],
+    )
     r = by_name(summary)
     assert r["smoke"].status == "PASS"  # 5 steps: fine
     assert r["convergence"].status == "INVALID" and "boom on call 30" in r["convergence"].detail

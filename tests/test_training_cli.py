@@ -37,10 +37,28 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "training_cases.py"
 
 
-def test_detached_model_report_names_the_parameters(cases: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["check", "--model", f"{cases}:detached", "--data", "digits-cnn", "--epochs", "2",
-                 "--seeds", "2", "--device", "cpu", "--out", str(tmp_path), "--run", "r1"])
+def test_detached_model_report_names_the_parameters(
+    cases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "check",
+            "--model",
+            f"{cases}:detached",
+            "--data",
+            "digits-cnn",
+            "--epochs",
+            "2",
+            "--seeds",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--run",
+            "r1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 3
     assert "FAIL    gradient_flow" in out and "backbone.0.weight" in out and "verdict: FAIL (exit 3)" in out
@@ -49,9 +67,14 @@ def test_detached_model_report_names_the_parameters(cases: Path, tmp_path: Path,
     assert s.schema_version == SCHEMA_VERSION and s.kind == "check" and s.exit_code == 3
     assert [c.name for c in s.checks][:2] == ["smoke", "gradient_flow"]
     grad = next(c for c in s.checks if c.name == "gradient_flow")
-    assert grad.status == "FAIL" and grad.evidence["no_gradient_params"] == ["backbone.0.weight", "backbone.0.bias"]
+    assert grad.status == "FAIL" and grad.evidence["no_gradient_params"] == [
+        "backbone.0.weight",
+        "backbone.0.bias",
+    ]
     pv = s.provenance
-    assert pv["torch_version"] == torch.__version__ and pv["device"]["type"] == "cpu" and pv["seeds"] == [0, 1]
+    assert (
+        pv["torch_version"] == torch.__version__ and pv["device"]["type"] == "cpu" and pv["seeds"] == [0, 1]
+    )
     assert len(pv["git_sha"]) >= 7
     assert len(s.history["epochs"]) == 3 and s.history["steps"] == len(s.history["step_lr"])
     md = (folder / "report.md").read_text()
@@ -64,28 +87,56 @@ def test_detached_model_report_names_the_parameters(cases: Path, tmp_path: Path,
     assert json.loads((folder / "training_summary.json").read_text())["verdict"] == "FAIL"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--model", "nope.py:model", "--data", "digits-cnn"], "file nope.py does not exist"),
-    (["--model", "{cases}:missing", "--data", "digits-cnn"], "has no function 'missing'"),
-    (["--model", "{cases}:not_a_module", "--data", "digits-cnn"], "returned str, expected a torch.nn.Module"),
-    (["--model", "digits-cnn", "--data", "{cases}:not_datasets"], "expected (train_dataset, val_dataset)"),
-    (["--model", "digits-cnn", "--data", "{cases}:twelve_classes"], "outputs 10 classes but the data has 12"),
-    (["--model", "{cases}:rgb_model", "--data", "digits-cnn"], "does not fit --data: its forward pass on inputs of shape (1, 8, 8)"),
-    (["--model", "{cases}:detached"], "is not a built-in, so --data FILE.py:FUNC is required"),
-    (["--model", "mnist"], "expected a built-in (digits-cnn, resnet18) or FILE.py:FUNC"),
-    (["--checks", "smoke,speed"], "--checks: unknown speed"),
-])
-def test_setup_errors_exit_2_naming_what_was_wrong(cases: Path, tmp_path: Path, args: list[str], message: str,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["check", *[a.replace("{cases}", str(cases)) for a in args], "--device", "cpu", "--out", str(tmp_path)]
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "nope.py:model", "--data", "digits-cnn"], "file nope.py does not exist"),
+        (["--model", "{cases}:missing", "--data", "digits-cnn"], "has no function 'missing'"),
+        (
+            ["--model", "{cases}:not_a_module", "--data", "digits-cnn"],
+            "returned str, expected a torch.nn.Module",
+        ),
+        (
+            ["--model", "digits-cnn", "--data", "{cases}:not_datasets"],
+            "expected (train_dataset, val_dataset)",
+        ),
+        (
+            ["--model", "digits-cnn", "--data", "{cases}:twelve_classes"],
+            "outputs 10 classes but the data has 12",
+        ),
+        (
+            ["--model", "{cases}:rgb_model", "--data", "digits-cnn"],
+            "does not fit --data: its forward pass on inputs of shape (1, 8, 8)",
+        ),
+        (["--model", "{cases}:detached"], "is not a built-in, so --data FILE.py:FUNC is required"),
+        (["--model", "mnist"], "expected a built-in (digits-cnn, resnet18) or FILE.py:FUNC"),
+        (["--checks", "smoke,speed"], "--checks: unknown speed"),
+    ],
+)
+def test_setup_errors_exit_2_naming_what_was_wrong(
+    cases: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "check",
+        *[a.replace("{cases}", str(cases)) for a in args],
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 
 def test_console_script_exit_code_and_message() -> None:
     script = Path(sys.executable).parent / "modelsoak-train"
-    proc = subprocess.run([str(script), "check", "--model", "missing.py:f", "--data", "digits-cnn"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [str(script), "check", "--model", "missing.py:f", "--data", "digits-cnn"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     assert "modelsoak-train: error: --model 'missing.py:f': file missing.py does not exist" in proc.stderr
 

@@ -55,7 +55,9 @@ def test_mse_and_bce_take_class_indices_as_one_hot() -> None:
     out, target = torch.randn(5, 4), torch.tensor([0, 3, 1, 2, 3])
     onehot = F.one_hot(target, 4).float()
     assert torch.allclose(make_loss("mse")(out, target), F.mse_loss(out, onehot))
-    assert torch.allclose(make_loss("bce_with_logits")(out, target), F.binary_cross_entropy_with_logits(out, onehot))
+    assert torch.allclose(
+        make_loss("bce_with_logits")(out, target), F.binary_cross_entropy_with_logits(out, onehot)
+    )
 
 
 def test_every_loss_trains_a_step() -> None:

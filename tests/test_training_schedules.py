@@ -24,13 +24,28 @@ def one_thread() -> Iterator[None]:
 
 
 def _ctx(schedule: str, epochs: int = 3, kw: dict[str, float] | None = None) -> CheckContext:
-    return CheckContext(TrainConfig(model="digits-cnn", epochs=epochs, max_steps_per_epoch=8, device="cpu",
-                                    schedule=schedule, schedule_kw=kw or {}))
+    return CheckContext(
+        TrainConfig(
+            model="digits-cnn",
+            epochs=epochs,
+            max_steps_per_epoch=8,
+            device="cpu",
+            schedule=schedule,
+            schedule_kw=kw or {},
+        )
+    )
 
 
-@pytest.mark.parametrize(("name", "kw"), [("constant", {}), ("step", {"step_size": 1, "gamma": 0.5}),
-                                          ("cosine", {}), ("warmup_cosine", {"warmup_steps": 4}),
-                                          ("onecycle", {"max_lr": 0.01})])
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("constant", {}),
+        ("step", {"step_size": 1, "gamma": 0.5}),
+        ("cosine", {}),
+        ("warmup_cosine", {"warmup_steps": 4}),
+        ("onecycle", {"max_lr": 0.01}),
+    ],
+)
 def test_schedule_trace_matches_its_definition(name: str, kw: dict[str, float]) -> None:
     ctx = _ctx(name, kw=kw)
     r = check_lr_schedule(ctx)

@@ -31,8 +31,29 @@ def one_thread() -> Iterator[None]:
 
 @pytest.mark.slow
 def test_sweep_cells_are_real_parallel_trainings(tmp_path: Path) -> None:
-    code = main(["sweep", "--lr", "1e-5,1e-2", "--batch-size", "32", "--optimizer", "adam", "--epochs", "2",
-                 "--seeds", "1", "--workers", "2", "--device", "cpu", "--out", str(tmp_path), "--run", "sw"])
+    code = main(
+        [
+            "sweep",
+            "--lr",
+            "1e-5,1e-2",
+            "--batch-size",
+            "32",
+            "--optimizer",
+            "adam",
+            "--epochs",
+            "2",
+            "--seeds",
+            "1",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--run",
+            "sw",
+        ]
+    )
     assert code == 0
     s = TrainingSummary.read(tmp_path / "sw" / "training_summary.json")
     st = s.study
@@ -46,27 +67,53 @@ def test_sweep_cells_are_real_parallel_trainings(tmp_path: Path) -> None:
     # The cell is the same training as one run here with that config (same seed, one thread).
     here = train(replace(TrainConfig(**s.config), lr=1e-2, batch_size=32))
     assert here.final.val_loss == pytest.approx(fast["val_loss_mean"], rel=1e-5)
-    assert st["sensitivity"]["lr"]["range"] == pytest.approx(fast["val_metric_mean"] - slow["val_metric_mean"])
+    assert st["sensitivity"]["lr"]["range"] == pytest.approx(
+        fast["val_metric_mean"] - slow["val_metric_mean"]
+    )
     md = (tmp_path / "sw" / "report.md").read_text()
     assert "| lr \\ batch size | 32 |" in md and "![sweep_heatmap](sweep_heatmap.svg)" in md
     assert (tmp_path / "sw" / "sweep_heatmap.svg").read_text().count("<rect") == 2
 
 
 def test_sensitivity_is_the_range_of_each_factors_level_means() -> None:
-    cells = [{"lr": 0.1, "batch_size": 32, "m": 0.9}, {"lr": 0.1, "batch_size": 64, "m": 0.7},
-             {"lr": 0.01, "batch_size": 32, "m": 0.5}, {"lr": 0.01, "batch_size": 64, "m": 0.3}]
+    cells = [
+        {"lr": 0.1, "batch_size": 32, "m": 0.9},
+        {"lr": 0.1, "batch_size": 64, "m": 0.7},
+        {"lr": 0.01, "batch_size": 32, "m": 0.5},
+        {"lr": 0.01, "batch_size": 64, "m": 0.3},
+    ]
     sens = sensitivity(cells, ["lr", "batch_size"], "m")
     assert sens["lr"]["level_means"] == {"0.1": pytest.approx(0.8), "0.01": pytest.approx(0.4)}
     assert sens["lr"]["range"] == pytest.approx(0.4) and sens["batch_size"]["range"] == pytest.approx(0.2)
 
 
 def test_compare_optimizers_same_budget_with_time_to_target(tmp_path: Path) -> None:
-    code = main(["compare-optimizers", "--optimizers", "sgd,adam", "--epochs", "2", "--target", "0.5",
-                 "--workers", "1", "--max-steps-per-epoch", "20", "--device", "cpu", "--out", str(tmp_path),
-                 "--run", "opt"])
+    code = main(
+        [
+            "compare-optimizers",
+            "--optimizers",
+            "sgd,adam",
+            "--epochs",
+            "2",
+            "--target",
+            "0.5",
+            "--workers",
+            "1",
+            "--max-steps-per-epoch",
+            "20",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--run",
+            "opt",
+        ]
+    )
     assert code == 0
-    rows = {r["optimizer"]: r for r in TrainingSummary.read(tmp_path / "opt" / "training_summary.json")
-            .study["optimizers"]}
+    rows = {
+        r["optimizer"]: r
+        for r in TrainingSummary.read(tmp_path / "opt" / "training_summary.json").study["optimizers"]
+    }
     assert set(rows) == {"sgd", "adam"} and rows["sgd"]["lr"] == 0.05 and rows["adam"]["lr"] == 1e-3
     for r in rows.values():
         curve = r["val_metric_per_epoch"]
@@ -84,10 +131,29 @@ def test_compare_models_measures_size_memory_and_speed(tmp_path: Path) -> None:
     folder.mkdir()
     for name in ("training_cases.py", "training_blocks.py"):
         shutil.copy(HERE / name, folder / name)
-    code = main(["compare", "--model", "digits-cnn", "--model", f"{folder}/training_cases.py:deep_sigmoid",
-                 "--data", "digits-cnn", "--epochs", "1", "--max-steps-per-epoch", "30", "--inference-batches", "1,8",
-                 "--device", "cpu",
-                 "--out", str(tmp_path), "--run", "cmp"])
+    code = main(
+        [
+            "compare",
+            "--model",
+            "digits-cnn",
+            "--model",
+            f"{folder}/training_cases.py:deep_sigmoid",
+            "--data",
+            "digits-cnn",
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "30",
+            "--inference-batches",
+            "1,8",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--run",
+            "cmp",
+        ]
+    )
     assert code == 0
     models = TrainingSummary.read(tmp_path / "cmp" / "training_summary.json").study["models"]
     cnn, sig = models

@@ -31,10 +31,16 @@ def _ints(text: str) -> list[int]:
 def add_training_args(p: argparse.ArgumentParser, *, model_multi: bool = False, grid: bool = False) -> None:
     """Model, data and training flags every subcommand shares (grid: lists for a sweep)."""
     if model_multi:
-        p.add_argument("--model", action="append", required=True, help="built-in name or FILE.py:FUNC (repeat)")
+        p.add_argument(
+            "--model", action="append", required=True, help="built-in name or FILE.py:FUNC (repeat)"
+        )
     else:
-        p.add_argument("--model", default="digits-cnn", help="built-in (digits-cnn, resnet18) or FILE.py:FUNC")
-    p.add_argument("--data", default=None, help="built-in name or FILE.py:FUNC returning (train, val) datasets")
+        p.add_argument(
+            "--model", default="digits-cnn", help="built-in (digits-cnn, resnet18) or FILE.py:FUNC"
+        )
+    p.add_argument(
+        "--data", default=None, help="built-in name or FILE.py:FUNC returning (train, val) datasets"
+    )
     p.add_argument("--loss", choices=LOSSES, default=None, help="default: the task's (cross_entropy / mse)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     p.add_argument("--lr", type=_floats if grid else float, default=None)
@@ -45,8 +51,12 @@ def add_training_args(p: argparse.ArgumentParser, *, model_multi: bool = False, 
     p.add_argument("--weight-decay", type=float, default=None, help="default: 0.01 for adamw, else 0")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap the steps of each epoch")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (CUDA)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's; 1 is faster for small models on busy CPUs)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's; 1 is faster for small models on busy CPUs)",
+    )
     s = p.add_argument_group("learning-rate schedule")
     s.add_argument("--schedule", choices=(*SCHEDULES, "none"), default="constant")
     s.add_argument("--step-size", type=int, default=None, help="step: epochs between drops")
@@ -61,7 +71,16 @@ def add_training_args(p: argparse.ArgumentParser, *, model_multi: bool = False, 
     p.add_argument("--run", default=None, help="run name (default: <time>-<command>-<model>)")
 
 
-_SCHEDULE_KEYS = ("step_size", "gamma", "eta_min", "patience", "factor", "max_lr", "pct_start", "warmup_steps")
+_SCHEDULE_KEYS = (
+    "step_size",
+    "gamma",
+    "eta_min",
+    "patience",
+    "factor",
+    "max_lr",
+    "pct_start",
+    "warmup_steps",
+)
 
 
 def config_from_args(args: argparse.Namespace, **override: Any) -> TrainConfig:

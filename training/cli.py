@@ -22,8 +22,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from training import pipeline
 
     checks = args.checks.split(",") if args.checks else None
-    return pipeline.run_check_command(config_from_args(args), checks=checks, seeds=args.seeds,
-                                      out=args.out, run=args.run)
+    return pipeline.run_check_command(
+        config_from_args(args), checks=checks, seeds=args.seeds, out=args.out, run=args.run
+    )
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

@@ -55,8 +55,14 @@ class RssPeak:
         return self.peak - self.start
 
 
-def inference_throughput(model: torch.nn.Module, sample: torch.Tensor, batch: int, device: torch.device,
-                         min_seconds: float = 0.3, min_iters: int = 5) -> float:
+def inference_throughput(
+    model: torch.nn.Module,
+    sample: torch.Tensor,
+    batch: int,
+    device: torch.device,
+    min_seconds: float = 0.3,
+    min_iters: int = 5,
+) -> float:
     """Samples/s of eval-mode forward passes at one batch size (after 3 warm-up passes)."""
     x = sample.unsqueeze(0).repeat(batch, *([1] * sample.dim())).to(device)
     model.eval()
@@ -93,9 +99,18 @@ def measure_model(cfg: TrainConfig, inference_batches: list[int]) -> ModelResult
     n = sum(q.numel() for q in p.model.parameters())
     nt = sum(q.numel() for q in p.model.parameters() if q.requires_grad)
     return ModelResult(
-        cfg.model, n, nt, res.final.val_metric, res.final.val_loss, res.metric,
-        res.train_samples / res.train_seconds if res.train_seconds else 0.0, speeds, int(peak), kind,
-        res.train_seconds, res.nonfinite.step if res.nonfinite else None,
+        cfg.model,
+        n,
+        nt,
+        res.final.val_metric,
+        res.final.val_loss,
+        res.metric,
+        res.train_samples / res.train_seconds if res.train_seconds else 0.0,
+        speeds,
+        int(peak),
+        kind,
+        res.train_seconds,
+        res.nonfinite.step if res.nonfinite else None,
     )
 
 
@@ -113,8 +128,12 @@ def compare(base: TrainConfig, models: list[str], inference_batches: list[int]) 
     ctx = get_context("spawn")
     for m in models:
         # The worker uses this process's thread count (so --threads applies to it too).
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=torch.set_num_threads,
-                                 initargs=(torch.get_num_threads(),)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=ctx,
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
+        ) as pool:
             try:
                 out.append(pool.submit(measure_model, replace(base, model=m), inference_batches).result())
             except SetupError:

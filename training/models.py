@@ -97,9 +97,7 @@ def load_callable(spec: str, what: str) -> Callable[[], Any]:
     """`FILE.py:FUNC` → FUNC, with FILE.py loaded as a script would be (its folder on sys.path)."""
     file, sep, func = spec.rpartition(":")
     if not sep or not file or not func:
-        raise SetupError(
-            f"--{what} {spec!r}: expected a built-in ({', '.join(BUILTINS)}) or FILE.py:FUNC"
-        )
+        raise SetupError(f"--{what} {spec!r}: expected a built-in ({', '.join(BUILTINS)}) or FILE.py:FUNC")
     path = Path(file).expanduser().resolve()
     if not path.is_file():
         raise SetupError(f"--{what} {spec!r}: file {file} does not exist")
@@ -145,9 +143,7 @@ def resolve_model(spec: str) -> nn.Module:
         return BUILTINS[spec].model()
     model = _call(spec, "model", load_callable(spec, "model"))
     if not isinstance(model, nn.Module):
-        raise SetupError(
-            f"--model {spec!r}: returned {type(model).__name__}, expected a torch.nn.Module"
-        )
+        raise SetupError(f"--model {spec!r}: returned {type(model).__name__}, expected a torch.nn.Module")
     return model
 
 
@@ -165,7 +161,9 @@ def _check_dataset(spec: str, name: str, ds: Any) -> None:
             f"--data {spec!r}: {name}[0] is a {type(item).__name__}; expected an (input, target) pair"
         )
     if not isinstance(item[0], torch.Tensor):
-        raise SetupError(f"--data {spec!r}: {name}[0]'s input is a {type(item[0]).__name__}; expected a Tensor")
+        raise SetupError(
+            f"--data {spec!r}: {name}[0]'s input is a {type(item[0]).__name__}; expected a Tensor"
+        )
 
 
 def resolve_data(spec: str | None, model_spec: str) -> tuple[Dataset, Dataset]:

@@ -53,8 +53,12 @@ def run_checks(
         except SetupError:
             raise
         except Exception as e:  # the check could not measure; the rest can still run
-            r = CheckResult(name, "INVALID", f"the check crashed: {type(e).__name__}: {e}",
-                            {"traceback": traceback.format_exc(limit=6)})
+            r = CheckResult(
+                name,
+                "INVALID",
+                f"the check crashed: {type(e).__name__}: {e}",
+                {"traceback": traceback.format_exc(limit=6)},
+            )
         r.evidence["seconds"] = round(time.perf_counter() - t0, 3)
         results.append(r)
     p = ctx.prepared
@@ -64,9 +68,14 @@ def run_checks(
         config=ctx.config.to_dict() | {"loss": p.loss_name},
         provenance=provenance.collect(p.device, sorted(ctx._seeds) or [ctx.config.seed]),
         checks=results,
-        task={"kind": p.task.kind, "num_classes": p.task.num_classes, "loss": p.loss_name,
-              "metric": p.metric.name if p.metric else None,
-              "train_samples": len(p.train), "val_samples": len(p.val)},  # type: ignore[arg-type]
+        task={
+            "kind": p.task.kind,
+            "num_classes": p.task.num_classes,
+            "loss": p.loss_name,
+            "metric": p.metric.name if p.metric else None,
+            "train_samples": len(p.train),  # type: ignore[arg-type]
+            "val_samples": len(p.val),  # type: ignore[arg-type]
+        },
         history=history_of(ctx),
     )
     summary.judge()
@@ -91,8 +100,9 @@ def print_table(summary: TrainingSummary) -> None:
     print(f"verdict: {summary.verdict} (exit {summary.exit_code})")
 
 
-def run_check_command(config: TrainConfig, checks: list[str] | None, seeds: int, out: str,
-                      run: str | None) -> int:
+def run_check_command(
+    config: TrainConfig, checks: list[str] | None, seeds: int, out: str, run: str | None
+) -> int:
     from training import report
 
     summary, _ctx = run_checks(config, checks, seeds, run)

@@ -12,9 +12,11 @@ from typing import Any
 from training import plots
 from training.summary import TrainingSummary
 
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-       "th{background:#f3f3f3}.PASS{color:#2a7a2a}.WARN{color:#b36b00}.FAIL,.INVALID{color:#c62828}")
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+    "th{background:#f3f3f3}.PASS{color:#2a7a2a}.WARN{color:#b36b00}.FAIL,.INVALID{color:#c62828}"
+)
 
 
 @dataclass
@@ -54,8 +56,10 @@ class Report:
         return "\n".join(out)
 
     def html(self) -> str:
-        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-               f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"]
+        out = [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"
+        ]
         for kind, val in self.blocks:
             if kind == "h2":
                 out.append(f"<h2>{html.escape(val)}</h2>")
@@ -96,9 +100,18 @@ def _cell(v: Any) -> str:
 def _provenance(rep: Report, s: TrainingSummary) -> None:
     pv = s.provenance
     rep.h("Provenance")
-    rep.table(["git SHA", "torch", "device", "seeds", "host"],
-              [[pv.get("git_sha"), pv.get("torch_version"), pv.get("device", {}).get("type"),
-                ",".join(map(str, pv.get("seeds", []))), pv.get("host", {}).get("hostname")]])
+    rep.table(
+        ["git SHA", "torch", "device", "seeds", "host"],
+        [
+            [
+                pv.get("git_sha"),
+                pv.get("torch_version"),
+                pv.get("device", {}).get("type"),
+                ",".join(map(str, pv.get("seeds", []))),
+                pv.get("host", {}).get("hostname"),
+            ]
+        ],
+    )
 
 
 def _check_charts(rep: Report, hist: dict[str, Any], metric: str | None) -> None:
@@ -106,16 +119,33 @@ def _check_charts(rep: Report, hist: dict[str, Any], metric: str | None) -> None
     if epochs:
         ex = [float(e["epoch"]) for e in epochs]
         tr = [(float(e["epoch"]), e["train_loss"]) for e in epochs if e["train_loss"] is not None]
-        rep.chart("loss", plots.line_chart(
-            "Loss per epoch", {"train": ([x for x, _ in tr], [float(y) for _, y in tr]),
-                               "validation": (ex, [float(e["val_loss"]) for e in epochs])},
-            "epoch", "loss", log_y=all(float(e["val_loss"]) > 0 for e in epochs)))
+        rep.chart(
+            "loss",
+            plots.line_chart(
+                "Loss per epoch",
+                {
+                    "train": ([x for x, _ in tr], [float(y) for _, y in tr]),
+                    "validation": (ex, [float(e["val_loss"]) for e in epochs]),
+                },
+                "epoch",
+                "loss",
+                log_y=all(float(e["val_loss"]) > 0 for e in epochs),
+            ),
+        )
         if metric:
             tm = [(float(e["epoch"]), e["train_metric"]) for e in epochs if e["train_metric"] is not None]
-            rep.chart("metric", plots.line_chart(
-                f"{metric} per epoch", {"train": ([x for x, _ in tm], [float(y) for _, y in tm]),
-                                        "validation": (ex, [float(e["val_metric"]) for e in epochs])},
-                "epoch", metric))
+            rep.chart(
+                "metric",
+                plots.line_chart(
+                    f"{metric} per epoch",
+                    {
+                        "train": ([x for x, _ in tm], [float(y) for _, y in tm]),
+                        "validation": (ex, [float(e["val_metric"]) for e in epochs]),
+                    },
+                    "epoch",
+                    metric,
+                ),
+            )
     lrs = hist.get("step_lr", [])
     if lrs:
         n = hist.get("steps", len(lrs))
@@ -126,36 +156,82 @@ def _check_charts(rep: Report, hist: dict[str, Any], metric: str | None) -> None
         n = hist.get("steps", 1)
         order = [p for p in hist.get("param_order", grads) if p in grads]
         weights = [p for p in order if not p.endswith("bias")] or order
-        pick = weights if len(weights) <= 10 else [weights[round(i * (len(weights) - 1) / 9)] for i in range(10)]
-        series = {p: ([i * (n - 1) / max(1, len(grads[p]) - 1) for i in range(len(grads[p]))], grads[p])
-                  for p in pick}
-        rep.chart("grad_norms", plots.line_chart("Gradient norm per layer over steps", series, "step",
-                                                 "gradient norm", log_y=True))
+        pick = (
+            weights if len(weights) <= 10 else [weights[round(i * (len(weights) - 1) / 9)] for i in range(10)]
+        )
+        series = {
+            p: ([i * (n - 1) / max(1, len(grads[p]) - 1) for i in range(len(grads[p]))], grads[p])
+            for p in pick
+        }
+        rep.chart(
+            "grad_norms",
+            plots.line_chart(
+                "Gradient norm per layer over steps", series, "step", "gradient norm", log_y=True
+            ),
+        )
 
 
 def write_check_report(s: TrainingSummary, folder: Path) -> None:
     cfg = s.config
     rep = Report(f"modelsoak-train check: {cfg['model']} — {s.verdict}")
-    rep.p(f"Run {s.run_id}: model {cfg['model']}, data {cfg['data'] or cfg['model']}, loss {cfg['loss']}, "
-          f"optimizer {cfg['optimizer']} at lr {cfg['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, "
-          f"schedule {cfg['schedule']}, seed {cfg['seed']}. Verdict {s.verdict} (exit {s.exit_code}).")
+    rep.p(
+        f"Run {s.run_id}: model {cfg['model']}, data {cfg['data'] or cfg['model']}, loss {cfg['loss']}, "
+        f"optimizer {cfg['optimizer']} at lr {cfg['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs, "
+        f"schedule {cfg['schedule']}, seed {cfg['seed']}. Verdict {s.verdict} (exit {s.exit_code})."
+    )
     rep.h("Checks")
     rep.table(["check", "status", "detail"], [[c.name, c.status, c.detail] for c in s.checks])
     for c in s.checks:
         layers = c.evidence.get("layers")
         if c.name == "gradient_flow" and isinstance(layers, list):
             rep.h("Gradient flow per parameter (forward order)")
-            rep.table(["parameter", "numel", "median grad norm", "median RMS grad", "steps without grad",
-                       "median update/weight"],
-                      [[d["param"], d["numel"], d["grad_norm_median"], d["grad_rms_median"], d["no_grad_steps"],
-                        d["update_ratio_median"]] for d in layers])
+            rep.table(
+                [
+                    "parameter",
+                    "numel",
+                    "median grad norm",
+                    "median RMS grad",
+                    "steps without grad",
+                    "median update/weight",
+                ],
+                [
+                    [
+                        d["param"],
+                        d["numel"],
+                        d["grad_norm_median"],
+                        d["grad_rms_median"],
+                        d["no_grad_steps"],
+                        d["update_ratio_median"],
+                    ]
+                    for d in layers
+                ],
+            )
     epochs = s.history.get("epochs", [])
     if epochs:
         rep.h("Per epoch")
-        rep.table(["epoch", "train loss", "val loss", f"train {s.task.get('metric') or ''}",
-                   f"val {s.task.get('metric') or ''}", "lr", "seconds"],
-                  [[e["epoch"], e["train_loss"], e["val_loss"], e["train_metric"], e["val_metric"], e["lr"],
-                    e["seconds"]] for e in epochs])
+        rep.table(
+            [
+                "epoch",
+                "train loss",
+                "val loss",
+                f"train {s.task.get('metric') or ''}",
+                f"val {s.task.get('metric') or ''}",
+                "lr",
+                "seconds",
+            ],
+            [
+                [
+                    e["epoch"],
+                    e["train_loss"],
+                    e["val_loss"],
+                    e["train_metric"],
+                    e["val_metric"],
+                    e["lr"],
+                    e["seconds"],
+                ]
+                for e in epochs
+            ],
+        )
     rep.h("Charts")
     _check_charts(rep, s.history, s.task.get("metric"))
     _provenance(rep, s)

@@ -146,8 +146,17 @@ def prepare(cfg: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None) -
     train, val = datasets if datasets is not None else resolve_data(cfg.data, cfg.model)
     task = infer_task(cfg.data, cfg.model, train)
     loss_name = cfg.loss or task.loss
-    p = Prepared(cfg, model.to(device), train, val, task, loss_name, make_loss(loss_name),
-                 metric_for(task, loss_name), device)
+    p = Prepared(
+        cfg,
+        model.to(device),
+        train,
+        val,
+        task,
+        loss_name,
+        make_loss(loss_name),
+        metric_for(task, loss_name),
+        device,
+    )
     check_fit(p)
     return p
 
@@ -164,7 +173,9 @@ def check_fit(p: Prepared) -> None:
                 f"shape {tuple(x.shape[1:])} raised {type(e).__name__}: {e}"
             ) from e
         if not isinstance(out, torch.Tensor):
-            raise SetupError(f"--model {p.config.model!r}: forward returned {type(out).__name__}, expected a Tensor")
+            raise SetupError(
+                f"--model {p.config.model!r}: forward returned {type(out).__name__}, expected a Tensor"
+            )
         n_out = out.shape[1] if out.dim() == 2 else 0
         classifier = p.task.kind == "classification" and p.loss_name != "contrastive"
         if classifier and p.task.num_classes and 1 < n_out < p.task.num_classes:
@@ -278,8 +289,9 @@ def _locate_nonfinite_activation(p: Prepared, x: torch.Tensor) -> str | None:
     return watch.first_bad
 
 
-def _epoch_record(p: Prepared, res: TrainResult, epoch: int, sums: tuple[float, float, int],
-                  t0: float) -> EpochRecord:
+def _epoch_record(
+    p: Prepared, res: TrainResult, epoch: int, sums: tuple[float, float, int], t0: float
+) -> EpochRecord:
     val_loss, val_metric = evaluate(p, p.val)
     loss_sum, metric_sum, n = sums
     return EpochRecord(
@@ -313,14 +325,21 @@ def train(
     model, device = p.model, p.device
     gen = torch.Generator().manual_seed(c.seed)
     loader: Any = batch_source or DataLoader(p.train, batch_size=c.batch_size, shuffle=True, generator=gen)
-    steps_per_epoch = len(loader) if c.max_steps_per_epoch is None else min(len(loader), c.max_steps_per_epoch)
+    steps_per_epoch = (
+        len(loader) if c.max_steps_per_epoch is None else min(len(loader), c.max_steps_per_epoch)
+    )
     opt = make_optimizer(c.optimizer, model.parameters(), c.lr, weight_decay=c.weight_decay)
     sched: Schedule = make_schedule(c.schedule, opt, steps_per_epoch, c.epochs, **c.schedule_kw)
     named = _named_trainable(model)
     x0 = next(iter(loader))[0].to(device)
     res = TrainResult(
-        c, p.task, p.metric.name if p.metric else None, p.metric.higher_is_better if p.metric else False,
-        forward_order(model, x0), {n: q.numel() for n, q in named}, {n: q.dim() for n, q in named},
+        c,
+        p.task,
+        p.metric.name if p.metric else None,
+        p.metric.higher_is_better if p.metric else False,
+        forward_order(model, x0),
+        {n: q.numel() for n, q in named},
+        {n: q.dim() for n, q in named},
         device=str(device),
     )
     res.grad_norm = {n: [] for n, _ in named}
@@ -350,9 +369,19 @@ def train(
     return res
 
 
-def _one_step(p: Prepared, res: TrainResult, ctx: StepContext, hooks: Sequence[Hook], sched: Schedule,
-              named: list[tuple[str, nn.Parameter]], xb: torch.Tensor, yb: torch.Tensor, epoch: int,
-              sums: list[float], record_updates: bool) -> bool:
+def _one_step(
+    p: Prepared,
+    res: TrainResult,
+    ctx: StepContext,
+    hooks: Sequence[Hook],
+    sched: Schedule,
+    named: list[tuple[str, nn.Parameter]],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    epoch: int,
+    sums: list[float],
+    record_updates: bool,
+) -> bool:
     """One optimizer step; False (and res.nonfinite set) when something went non-finite."""
     x, y = xb.to(p.device), yb.to(p.device)
     ctx.step, ctx.epoch, ctx.batch_size = res.steps, epoch, len(y)

@@ -60,15 +60,27 @@ def train_cell(cfg: TrainConfig, params: dict[str, Any]) -> CellResult:
         elapsed += e.seconds
         cum.append(elapsed)
     return CellResult(
-        params, cfg.seed, res.final.val_loss, res.final.val_metric, res.metric, seconds, res.steps,
+        params,
+        cfg.seed,
+        res.final.val_loss,
+        res.final.val_metric,
+        res.metric,
+        seconds,
+        res.steps,
         res.train_samples / res.train_seconds if res.train_seconds else 0.0,
         res.nonfinite.step if res.nonfinite else None,
-        [e.val_metric for e in res.epochs], [e.val_loss for e in res.epochs], cum, os.getpid(),
+        [e.val_metric for e in res.epochs],
+        [e.val_loss for e in res.epochs],
+        cum,
+        os.getpid(),
     )
 
 
-def run_cells(jobs: Sequence[tuple[TrainConfig, dict[str, Any]]], workers: int | None = None,
-              fn: Callable[[TrainConfig, dict[str, Any]], Any] = train_cell) -> list[Any]:
+def run_cells(
+    jobs: Sequence[tuple[TrainConfig, dict[str, Any]]],
+    workers: int | None = None,
+    fn: Callable[[TrainConfig, dict[str, Any]], Any] = train_cell,
+) -> list[Any]:
     """Run every job, in up to `workers` spawned processes (default: the cores); order kept."""
     if not jobs:
         return []
@@ -79,7 +91,9 @@ def run_cells(jobs: Sequence[tuple[TrainConfig, dict[str, Any]]], workers: int |
     prepare(replace(jobs[0][0], device="cpu") if jobs[0][0].device == "auto" else jobs[0][0])
     if n == 1:
         return [fn(cfg, params) for cfg, params in jobs]
-    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(
+        max_workers=n, mp_context=get_context("spawn"), initializer=_worker_init
+    ) as pool:
         futures = [pool.submit(fn, cfg, params) for cfg, params in jobs]
         out = []
         for f in futures:
@@ -117,7 +131,10 @@ def sensitivity(cells: list[dict[str, Any]], factors: list[str], key: str) -> di
             if c.get(key) is not None:
                 levels.setdefault(str(c[f]), []).append(float(c[key]))
         means = {lv: statistics.fmean(v) for lv, v in levels.items()}
-        out[f] = {"level_means": means, "range": (max(means.values()) - min(means.values())) if means else None}
+        out[f] = {
+            "level_means": means,
+            "range": (max(means.values()) - min(means.values())) if means else None,
+        }
     return out
 
 
@@ -140,41 +157,71 @@ class SweepResult:
         return asdict(self)
 
 
-def sweep(base: TrainConfig, lrs: list[float], batch_sizes: list[int], seeds: int = 2,
-          workers: int | None = None) -> SweepResult:
+def sweep(
+    base: TrainConfig, lrs: list[float], batch_sizes: list[int], seeds: int = 2, workers: int | None = None
+) -> SweepResult:
     if not lrs or not batch_sizes or seeds < 1:
         raise SetupError("sweep: needs at least one --lr, one --batch-size and --seeds >= 1")
     seed_list = [base.seed + i for i in range(seeds)]
-    jobs = [(replace(base, lr=lr, batch_size=bs, seed=s), {"lr": lr, "batch_size": bs})
-            for lr in lrs for bs in batch_sizes for s in seed_list]
+    jobs = [
+        (replace(base, lr=lr, batch_size=bs, seed=s), {"lr": lr, "batch_size": bs})
+        for lr in lrs
+        for bs in batch_sizes
+        for s in seed_list
+    ]
     n = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     t0 = time.perf_counter()
     runs: list[CellResult] = run_cells(jobs, n)
     wall = time.perf_counter() - t0
-    cells = [_agg([r for r in runs if r.params == {"lr": lr, "batch_size": bs}]) for lr in lrs for bs in batch_sizes]
+    cells = [
+        _agg([r for r in runs if r.params == {"lr": lr, "batch_size": bs}])
+        for lr in lrs
+        for bs in batch_sizes
+    ]
     metric = runs[0].metric
     key = "val_metric_mean" if metric else "val_loss_mean"
-    return SweepResult(lrs, batch_sizes, seed_list, cells, runs,
-                       sensitivity(cells, ["lr", "batch_size"], key), metric, n, wall)
+    return SweepResult(
+        lrs,
+        batch_sizes,
+        seed_list,
+        cells,
+        runs,
+        sensitivity(cells, ["lr", "batch_size"], key),
+        metric,
+        n,
+        wall,
+    )
 
 
-def time_to_target(cell: CellResult, target: float, higher_is_better: bool) -> tuple[int | None, float | None]:
+def time_to_target(
+    cell: CellResult, target: float, higher_is_better: bool
+) -> tuple[int | None, float | None]:
     """First epoch (and training seconds) whose validation metric reaches the target."""
-    for epoch, (m, t) in enumerate(zip(cell.val_metric_per_epoch[1:], cell.epoch_end_seconds, strict=False), 1):
+    for epoch, (m, t) in enumerate(
+        zip(cell.val_metric_per_epoch[1:], cell.epoch_end_seconds, strict=False), 1
+    ):
         if m is not None and (m >= target if higher_is_better else m <= target):
             return epoch, t
     return None, None
 
 
-def compare_optimizers(base: TrainConfig, optimizers: list[str], target: float | None = None,
-                       workers: int | None = None) -> dict[str, Any]:
+def compare_optimizers(
+    base: TrainConfig, optimizers: list[str], target: float | None = None, workers: int | None = None
+) -> dict[str, Any]:
     from training.optim import DEFAULT_LR, OPTIMIZERS
 
     unknown = [o for o in optimizers if o not in OPTIMIZERS]
     if unknown:
-        raise SetupError(f"--optimizers: unknown {', '.join(unknown)}; expected some of {', '.join(OPTIMIZERS)}")
-    jobs = [(replace(base, optimizer=o, lr=base.lr if base.lr is not None else DEFAULT_LR[o]),
-             {"optimizer": o, "lr": base.lr if base.lr is not None else DEFAULT_LR[o]}) for o in optimizers]
+        raise SetupError(
+            f"--optimizers: unknown {', '.join(unknown)}; expected some of {', '.join(OPTIMIZERS)}"
+        )
+    jobs = [
+        (
+            replace(base, optimizer=o, lr=base.lr if base.lr is not None else DEFAULT_LR[o]),
+            {"optimizer": o, "lr": base.lr if base.lr is not None else DEFAULT_LR[o]},
+        )
+        for o in optimizers
+    ]
     runs: list[CellResult] = run_cells(jobs, workers)
     metric = runs[0].metric
     higher = metric == "accuracy"
@@ -182,10 +229,20 @@ def compare_optimizers(base: TrainConfig, optimizers: list[str], target: float |
     rows = []
     for r in runs:
         epoch, secs = time_to_target(r, tgt, higher) if tgt is not None else (None, None)
-        rows.append({**r.params, "val_metric": r.val_metric, "val_loss": r.val_loss, "seconds": r.seconds,
-                     "samples_per_s": r.samples_per_s, "diverged_at_step": r.diverged_at_step,
-                     "target_epoch": epoch, "target_seconds": secs,
-                     "val_metric_per_epoch": r.val_metric_per_epoch, "val_loss_per_epoch": r.val_loss_per_epoch})
+        rows.append(
+            {
+                **r.params,
+                "val_metric": r.val_metric,
+                "val_loss": r.val_loss,
+                "seconds": r.seconds,
+                "samples_per_s": r.samples_per_s,
+                "diverged_at_step": r.diverged_at_step,
+                "target_epoch": epoch,
+                "target_seconds": secs,
+                "val_metric_per_epoch": r.val_metric_per_epoch,
+                "val_loss_per_epoch": r.val_loss_per_epoch,
+            }
+        )
     return {"metric": metric, "target": tgt, "optimizers": rows, "epochs": base.resolved().epochs}
 
 
@@ -195,9 +252,13 @@ def _summary(kind: str, base: TrainConfig, study: dict[str, Any], seeds: list[in
     from training.provenance import resolve_device
     from training.summary import TrainingSummary
 
-    return TrainingSummary(kind=kind, run_id=run or default_run_id(kind, base.model),
-                           config=base.resolved().to_dict(), provenance=provenance.collect(
-                               resolve_device(base.device), seeds), study=study)
+    return TrainingSummary(
+        kind=kind,
+        run_id=run or default_run_id(kind, base.model),
+        config=base.resolved().to_dict(),
+        provenance=provenance.collect(resolve_device(base.device), seeds),
+        study=study,
+    )
 
 
 def _finish(summary: Any, out: str, write: Callable[[Any, Any], None]) -> int:
@@ -234,12 +295,15 @@ def run_compare_optimizers_command(args: Any) -> int:
     from training.args import config_from_args
 
     base = config_from_args(args)
-    st = compare_optimizers(base, [o.strip() for o in args.optimizers.split(",") if o.strip()], args.target,
-                            args.workers)
+    st = compare_optimizers(
+        base, [o.strip() for o in args.optimizers.split(",") if o.strip()], args.target, args.workers
+    )
     for r in st["optimizers"]:
-        print(f"{r['optimizer']:<13} lr {r['lr']:<8g} final {st['metric'] or 'loss'} "
-              f"{r['val_metric'] if r['val_metric'] is not None else r['val_loss']:.4g}  "
-              f"target at epoch {r['target_epoch']}")
+        print(
+            f"{r['optimizer']:<13} lr {r['lr']:<8g} final {st['metric'] or 'loss'} "
+            f"{r['val_metric'] if r['val_metric'] is not None else r['val_loss']:.4g}  "
+            f"target at epoch {r['target_epoch']}"
+        )
     s = _summary("compare-optimizers", base, st, [base.seed], args.run)
     return _finish(s, args.out, study_report.write_optimizers_report)
 
@@ -252,8 +316,10 @@ def run_compare_command(args: Any) -> int:
     base = config_from_args(args)
     results = compare(base, list(args.model), list(args.inference_batches))
     for r in results:
-        print(f"{r.model}: {r.params} params, val {r.metric} {r.val_metric if r.val_metric is None else round(r.val_metric, 4)}, peak {r.peak_memory_bytes / 2**20:.1f} MiB "
-              f"({r.memory_kind}), train {r.train_samples_per_s:.0f} samples/s, "
-              f"infer {', '.join(f'b{b}: {v:.0f}/s' for b, v in r.inference_samples_per_s.items())}")
+        print(
+            f"{r.model}: {r.params} params, val {r.metric} {r.val_metric if r.val_metric is None else round(r.val_metric, 4)}, peak {r.peak_memory_bytes / 2**20:.1f} MiB "
+            f"({r.memory_kind}), train {r.train_samples_per_s:.0f} samples/s, "
+            f"infer {', '.join(f'b{b}: {v:.0f}/s' for b, v in r.inference_samples_per_s.items())}"
+        )
     s = _summary("compare", base, {"models": to_rows(results)}, [base.seed], args.run)
     return _finish(s, args.out, study_report.write_compare_report)

@@ -51,8 +51,9 @@ class CheckContext:
     def repeat(self) -> TrainResult:
         """The main run's first REPEAT_STEPS steps again, same seed: reproducibility compares them."""
         if self._repeat is None:
-            self._repeat = train(self.fresh(), record_updates=False, keep_params=False,
-                                 stop_after_steps=REPEAT_STEPS)
+            self._repeat = train(
+                self.fresh(), record_updates=False, keep_params=False, stop_after_steps=REPEAT_STEPS
+            )
         return self._repeat
 
     def seed_runs(self) -> dict[int, TrainResult]:

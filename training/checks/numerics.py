@@ -15,19 +15,36 @@ def check_numerics(ctx: CheckContext) -> CheckResult:
         nf = bad[ctx.config.seed]
         assert nf is not None
         r = ctx.main
-        ev = {"step": nf.step, "epoch": nf.epoch, "kind": nf.kind, "where": nf.where, "value": nf.loss,
-              "loss_before": r.step_loss[-5:], "lr": r.step_lr[-1] if r.step_lr else ctx.config.lr,
-              "seeds_nonfinite": sorted(bad)}
+        ev = {
+            "step": nf.step,
+            "epoch": nf.epoch,
+            "kind": nf.kind,
+            "where": nf.where,
+            "value": nf.loss,
+            "loss_before": r.step_loss[-5:],
+            "lr": r.step_lr[-1] if r.step_lr else ctx.config.lr,
+            "seeds_nonfinite": sorted(bad),
+        }
         where = "" if nf.where == "loss" else f" in {nf.where}"
-        return CheckResult("numerics", "FAIL",
-                           f"the {nf.kind} became non-finite ({nf.loss:.3g}){where} at step {nf.step} "
-                           f"(epoch {nf.epoch}); the run stopped there", ev)
+        return CheckResult(
+            "numerics",
+            "FAIL",
+            f"the {nf.kind} became non-finite ({nf.loss:.3g}){where} at step {nf.step} "
+            f"(epoch {nf.epoch}); the run stopped there",
+            ev,
+        )
     if bad:
         s, nf = next(iter(sorted(bad.items())))
         assert nf is not None
-        return CheckResult("numerics", "FAIL",
-                           f"seed {s}: the {nf.kind} became non-finite in {nf.where} at step {nf.step}",
-                           {"seed": s, "step": nf.step, "kind": nf.kind, "where": nf.where})
-    return CheckResult("numerics", "PASS",
-                       f"loss and gradients finite on every step of {len(runs)} run(s) "
-                       f"({sum(steps.values())} steps)", {"steps_per_seed": steps})
+        return CheckResult(
+            "numerics",
+            "FAIL",
+            f"seed {s}: the {nf.kind} became non-finite in {nf.where} at step {nf.step}",
+            {"seed": s, "step": nf.step, "kind": nf.kind, "where": nf.where},
+        )
+    return CheckResult(
+        "numerics",
+        "PASS",
+        f"loss and gradients finite on every step of {len(runs)} run(s) ({sum(steps.values())} steps)",
+        {"steps_per_seed": steps},
+    )

@@ -45,16 +45,27 @@ def check_overfit_batch(ctx: CheckContext) -> CheckResult:
         p.model.eval()
         out = p.model(x)
         fit = p.metric.batch_sum(out, y) / len(y) if p.metric and p.metric.name == "accuracy" else None
-    ev = {"batch": len(y), "max_steps": MAX_STEPS, "target_fraction": TARGET, "first_loss": losses[0],
-          "final_loss": losses[-1], "reached_at_step": reached, "batch_accuracy": fit,
-          "loss_curve": losses[:: max(1, len(losses) // 50)]}
+    ev = {
+        "batch": len(y),
+        "max_steps": MAX_STEPS,
+        "target_fraction": TARGET,
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+        "reached_at_step": reached,
+        "batch_accuracy": fit,
+        "loss_curve": losses[:: max(1, len(losses) // 50)],
+    }
     if reached is None:
         return CheckResult(
-            "overfit_batch", "FAIL",
+            "overfit_batch",
+            "FAIL",
             f"could not overfit one batch of {len(y)}: loss {losses[0]:.4g} → {losses[-1]:.4g} in "
-            f"{len(losses)} steps (target {TARGET:g}x the first); the model or the loss is wired wrong", ev,
+            f"{len(losses)} steps (target {TARGET:g}x the first); the model or the loss is wired wrong",
+            ev,
         )
     return CheckResult(
-        "overfit_batch", "PASS",
-        f"loss on one batch of {len(y)} fell {losses[0]:.4g} → {losses[-1]:.4g} by step {reached}", ev,
+        "overfit_batch",
+        "PASS",
+        f"loss on one batch of {len(y)} fell {losses[0]:.4g} → {losses[-1]:.4g} by step {reached}",
+        ev,
     )

@@ -49,9 +49,23 @@ def _onecycle(trace: list[float], params: dict[str, float]) -> tuple[bool, str, 
     want = round(params["pct_start"] * total) - 1
     rising = all(b >= a for a, b in itertools.pairwise(trace[: peak + 1]))
     falling = all(b <= a for a, b in itertools.pairwise(trace[peak:]))
-    ok = rising and falling and abs(peak - want) <= 1 and math.isclose(trace[peak], params["max_lr"], rel_tol=0.02)
-    ev: dict[str, object] = {"peak_step": peak, "expected_peak_step": want, "peak_lr": trace[peak], "max_lr": params["max_lr"]}
-    return ok, f"rose to {trace[peak]:.3g} at step {peak} (expected {params['max_lr']:.3g} at ~{want}) and fell", ev
+    ok = (
+        rising
+        and falling
+        and abs(peak - want) <= 1
+        and math.isclose(trace[peak], params["max_lr"], rel_tol=0.02)
+    )
+    ev: dict[str, object] = {
+        "peak_step": peak,
+        "expected_peak_step": want,
+        "peak_lr": trace[peak],
+        "max_lr": params["max_lr"],
+    }
+    return (
+        ok,
+        f"rose to {trace[peak]:.3g} at step {peak} (expected {params['max_lr']:.3g} at ~{want}) and fell",
+        ev,
+    )
 
 
 def check_lr_schedule(ctx: CheckContext) -> CheckResult:
@@ -63,12 +77,18 @@ def check_lr_schedule(ctx: CheckContext) -> CheckResult:
     if res.config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, res.config.max_steps_per_epoch)
     probe = make_optimizer("sgd", [next(p.model.parameters())], res.config.lr or 1.0)
-    params = make_schedule(res.config.schedule, probe, steps_per_epoch, res.config.epochs or 1,
-                           **res.config.schedule_kw).params
+    params = make_schedule(
+        res.config.schedule, probe, steps_per_epoch, res.config.epochs or 1, **res.config.schedule_kw
+    ).params
     trace = res.step_lr
     name = res.config.schedule
-    ev: dict[str, object] = {"schedule": name, "params": params, "steps": len(trace),
-                             "first_lr": trace[0] if trace else None, "last_lr": trace[-1] if trace else None}
+    ev: dict[str, object] = {
+        "schedule": name,
+        "params": params,
+        "steps": len(trace),
+        "first_lr": trace[0] if trace else None,
+        "last_lr": trace[-1] if trace else None,
+    }
     if not trace:
         return CheckResult("lr_schedule", "FAIL", "no step ran, so no learning rate was recorded", ev)
     if name == "onecycle":
@@ -77,22 +97,44 @@ def check_lr_schedule(ctx: CheckContext) -> CheckResult:
         return CheckResult("lr_schedule", "PASS" if ok else "FAIL", f"onecycle {txt}", ev)
     want = expected_trace(res, params, name)
     assert isinstance(want, list)
-    bad = next((i for i, (g, w) in enumerate(zip(trace, want, strict=False))
-                if not math.isclose(g, w, rel_tol=RTOL, abs_tol=1e-12)), None)
+    bad = next(
+        (
+            i
+            for i, (g, w) in enumerate(zip(trace, want, strict=False))
+            if not math.isclose(g, w, rel_tol=RTOL, abs_tol=1e-12)
+        ),
+        None,
+    )
     if bad is not None:
         ev |= {"first_wrong_step": bad, "got": trace[bad], "expected": want[bad]}
-        return CheckResult("lr_schedule", "FAIL",
-                           f"{name}: step {bad} ran at LR {trace[bad]:.4g}, the schedule says {want[bad]:.4g}", ev)
+        return CheckResult(
+            "lr_schedule",
+            "FAIL",
+            f"{name}: step {bad} ran at LR {trace[bad]:.4g}, the schedule says {want[bad]:.4g}",
+            ev,
+        )
     changes = [i for i in range(1, len(trace)) if trace[i] != trace[i - 1]]
     ev["change_steps"] = changes[:50]
     if name == "plateau":
         drops = [i for i in changes if trace[i] < trace[i - 1]]
         ev["reductions_at_steps"] = drops
         if not drops:
-            return CheckResult("lr_schedule", "WARN",
-                               "plateau: validation loss never plateaued, so the LR was never reduced", ev)
-        return CheckResult("lr_schedule", "PASS",
-                           f"plateau reduced the LR {len(drops)}x after validation plateaus (steps {drops[:5]}), "
-                           f"{trace[0]:.3g} → {trace[-1]:.3g}", ev)
-    return CheckResult("lr_schedule", "PASS",
-                       f"{name}: all {len(trace)} step LRs match the schedule ({trace[0]:.3g} → {trace[-1]:.3g})", ev)
+            return CheckResult(
+                "lr_schedule",
+                "WARN",
+                "plateau: validation loss never plateaued, so the LR was never reduced",
+                ev,
+            )
+        return CheckResult(
+            "lr_schedule",
+            "PASS",
+            f"plateau reduced the LR {len(drops)}x after validation plateaus (steps {drops[:5]}), "
+            f"{trace[0]:.3g} → {trace[-1]:.3g}",
+            ev,
+        )
+    return CheckResult(
+        "lr_schedule",
+        "PASS",
+        f"{name}: all {len(trace)} step LRs match the schedule ({trace[0]:.3g} → {trace[-1]:.3g})",
+        ev,
+    )

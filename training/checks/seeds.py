@@ -43,19 +43,40 @@ def check_reproducibility(ctx: CheckContext) -> CheckResult:
     cuda = ctx.main.device.startswith("cuda")
     exact = not cuda or ctx.config.deterministic
     tol = 0.0 if exact else CUDA_RTOL
-    ev: dict[str, object] = {"steps": [len(a), len(b)], "seed": ctx.config.seed, "device": ctx.main.device,
-                             "tolerance_rel": tol, "bit_identical_required": exact}
-    first_diff = next((i for i, (x, y) in enumerate(zip(a, b, strict=False))
-                       if abs(x - y) > tol * max(abs(x), abs(y)) and x != y), None)
+    ev: dict[str, object] = {
+        "steps": [len(a), len(b)],
+        "seed": ctx.config.seed,
+        "device": ctx.main.device,
+        "tolerance_rel": tol,
+        "bit_identical_required": exact,
+    }
+    first_diff = next(
+        (
+            i
+            for i, (x, y) in enumerate(zip(a, b, strict=False))
+            if abs(x - y) > tol * max(abs(x), abs(y)) and x != y
+        ),
+        None,
+    )
     if first_diff is None and len(a) != len(b):
         first_diff = min(len(a), len(b))
     if first_diff is not None:
-        ev |= {"first_diff_step": first_diff,
-               "values": [a[first_diff] if first_diff < len(a) else None,
-                          b[first_diff] if first_diff < len(b) else None]}
-        return CheckResult("reproducibility", "FAIL",
-                           f"seed {ctx.config.seed} twice: loss curves differ from step {first_diff}", ev)
+        ev |= {
+            "first_diff_step": first_diff,
+            "values": [
+                a[first_diff] if first_diff < len(a) else None,
+                b[first_diff] if first_diff < len(b) else None,
+            ],
+        }
+        return CheckResult(
+            "reproducibility",
+            "FAIL",
+            f"seed {ctx.config.seed} twice: loss curves differ from step {first_diff}",
+            ev,
+        )
     max_diff = max((abs(x - y) for x, y in zip(a, b, strict=True)), default=0.0)
     ev["max_abs_diff"] = max_diff
     how = "bit-identical" if max_diff == 0 else f"within rel {tol:g} (max diff {max_diff:.2g})"
-    return CheckResult("reproducibility", "PASS", f"seed {ctx.config.seed} twice: the first {len(a)} step losses {how}", ev)
+    return CheckResult(
+        "reproducibility", "PASS", f"seed {ctx.config.seed} twice: the first {len(a)} step losses {how}", ev
+    )

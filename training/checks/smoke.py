@@ -20,23 +20,27 @@ def check_smoke(ctx: CheckContext) -> CheckResult:
     if res.nonfinite is not None:
         nf = res.nonfinite
         ev |= {"step": nf.step, "where": nf.where}
-        return CheckResult("smoke", "FAIL", f"the {nf.kind} went non-finite at step {nf.step} ({nf.where})", ev)
+        return CheckResult(
+            "smoke", "FAIL", f"the {nf.kind} went non-finite at step {nf.step} ({nf.where})", ev
+        )
     if not all(math.isfinite(v) for v in res.step_loss):
         return CheckResult("smoke", "FAIL", "a step's loss is not finite", ev)
-    unchanged = [
-        n for n in res.param_order if torch.equal(res.initial_params[n], res.final_params[n])
-    ]
+    unchanged = [n for n in res.param_order if torch.equal(res.initial_params[n], res.final_params[n])]
     ev["unchanged_params"] = unchanged
     ev["trainable_params"] = len(res.param_order)
     if unchanged:
         head = ", ".join(unchanged[:5]) + (f" and {len(unchanged) - 5} more" if len(unchanged) > 5 else "")
         return CheckResult(
-            "smoke", "FAIL",
+            "smoke",
+            "FAIL",
             f"{len(unchanged)} of {len(res.param_order)} trainable parameters did not change in "
-            f"{res.steps} steps: {head}", ev,
+            f"{res.steps} steps: {head}",
+            ev,
         )
     return CheckResult(
-        "smoke", "PASS",
+        "smoke",
+        "PASS",
         f"{res.steps} steps ran, loss finite ({res.step_loss[0]:.4g} → {res.step_loss[-1]:.4g}), "
-        f"all {len(res.param_order)} trainable parameters changed", ev,
+        f"all {len(res.param_order)} trainable parameters changed",
+        ev,
     )
