@@ -40,6 +40,7 @@ def build(run: Run) -> Summary:
     total = totals(merged, _measured_duration(phases, duration))
     memory = memory_summary(run.watch, run.plan, run.started)
     generator = generator_summary(run.plan, merged, run.lost_workers, run.started)
+    merged.release()
     kinds = {p.kind for p in phases}
     plan = run.plan
     stress = slo.stress_analysis(plan, phases) if "stress" in kinds else None

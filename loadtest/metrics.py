@@ -82,6 +82,7 @@ class MasterCollector(Collector):
             lat.add_metric([run, name], buckets, total)
             for status, n in sorted(ns.statuses.items()):
                 reqs.add_metric([run, name, status], n)
+        merged.release()  # a scrape every few seconds: free its histograms now
         yield from (info, lat, reqs)
         runner = st.environment.runner
         assert runner is not None

@@ -223,8 +223,10 @@ def _phase_done(run: Run, phase: plans.Phase) -> bool:
     if phase.duration_s is not None:
         return elapsed >= phase.duration_s
     if phase.requests_per_user:
-        st = run.merged().names.get(phase.name)
+        merged = run.merged()
+        st = merged.names.get(phase.name)
         sent = sum(st.statuses.values()) if st else 0
+        merged.release()
         limit = run.options.phase_timeout_s if run.options else 0.0
         if limit and elapsed > limit:
             log.error("phase %s: %d of %d requests after %.0f s (--phase-timeout-s); moving on",
@@ -241,7 +243,9 @@ def _advance(run: Run) -> bool:
     phase = run.phases[run.phase_index]
     if phase.kind == "stress":
         run.end_phases()
-        step = slo.stress_analysis(run.plan, phase_summary(run, run.merged())).steps[-1]
+        merged = run.merged()
+        step = slo.stress_analysis(run.plan, phase_summary(run, merged)).steps[-1]
+        merged.release()
         if not step.held:
             log.info("stress: %s broke the SLO (p99 %s ms); stopping", step.name, step.p99_ms)
             return False

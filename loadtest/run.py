@@ -30,7 +30,7 @@ import psutil
 from loadtest.openloop import Dispatcher
 from loadtest.options import Options
 from loadtest.plan import Phase, Plan, load_plan, phases_for
-from loadtest.recorder import Merged, Recorder, Snapshot, merge, new_hist
+from loadtest.recorder import Merged, Recorder, Snapshot, decode_into, merge, new_hist
 from loadtest.results import TargetInfo
 from loadtest.series import SeriesWriter
 from loadtest.server_watch import ServerWatch
@@ -310,8 +310,7 @@ class Run:
             return  # a report from an earlier run
         self.workers_seen[worker] = time.time()
         self.lost_workers.pop(worker, None)
-        if snap.window:
-            self.window.decode_and_add(snap.window.encode())
+        decode_into(self.window, snap.window)
         self.snapshots[worker] = snap.without_window()
         if snap.target is not None:
             self.target = snap.target

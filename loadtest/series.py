@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import gevent
 
 from loadtest.codec import SchemaError, from_json, to_json
-from loadtest.recorder import new_hist
+from loadtest.recorder import decode_into, drop, new_hist
 
 if TYPE_CHECKING:
     from loadtest.run import Run
@@ -76,9 +76,7 @@ class SeriesWriter:
     def write_point(self) -> Point:
         run = self.run
         if run.role == "local":
-            snap = run.recorder.snapshot()
-            if snap.window:
-                run.window.decode_and_add(snap.window.encode())
+            decode_into(run.window, run.recorder.snapshot().window)
         window, run.window = run.window, new_hist()
         runner = run.environment.runner
         assert runner is not None
@@ -102,6 +100,7 @@ class SeriesWriter:
             point.server_memory = run.watch.poll() or None
         if run.lost_workers:
             point.lost_workers = sorted(run.lost_workers)
+        drop(window)
         if not self.file.closed:
             self.file.write(point.to_line())
         return point

@@ -11,7 +11,7 @@ import numpy as np
 
 from loadtest.openloop import LATE_AFTER_S
 from loadtest.plan import Plan
-from loadtest.recorder import PHASES, Merged, NameStats, new_hist
+from loadtest.recorder import PHASES, Merged, NameStats, drop, new_hist
 from loadtest.results import (
     Generator,
     Latency,
@@ -204,12 +204,14 @@ def totals(merged: Merged, duration: float) -> Totals:
             statuses[k] = statuses.get(k, 0) + n
     requests = sum(statuses.values())
     failures = requests - statuses.get("OK", 0)
+    latency = latency_ms(NameStats(latency=all_lat))
+    drop(all_lat)
     return Totals(
         requests=requests,
         failures=failures,
         error_ratio=failures / requests if requests else 0.0,
         errors_by_status={k: n for k, n in statuses.items() if k != "OK"},
-        latency_ms=latency_ms(NameStats(latency=all_lat)),
+        latency_ms=latency,
         rps=statuses.get("OK", 0) / duration if duration else 0.0,
         samples_per_s=samples / duration if duration else 0.0,
     )
