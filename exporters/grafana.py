@@ -1,9 +1,8 @@
 """Grafana dashboard JSON, built from Python so every panel is written once and checked.
 
-`python -m exporters.grafana` writes exporters/dashboards/*.json from the
-definitions in exporters/dashboard_specs.py (live) and
-exporters/dashboard_soak.py (a test fails when the committed
-JSON differs). `queries()` and `substitute()` let tests evaluate every PromQL
+`python -m exporters.dashboard_files` writes exporters/dashboards/*.json from the
+definitions in exporters/dashboard_specs.py (live), exporters/dashboard_soak.py
+and exporters/dashboard_training.py (a test fails when the committed JSON differs). `queries()` and `substitute()` let tests evaluate every PromQL
 expression of a dashboard against a real Prometheus.
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,31 +315,3 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 def load(name: str) -> dict[str, Any]:
     return dict(json.loads((DASHBOARD_DIR / name).read_text()))
-
-
-def render() -> dict[str, str]:
-    """File name -> JSON text of every dashboard."""
-    from exporters.dashboard_soak import soak
-    from exporters.dashboard_specs import live
-    from exporters.dashboard_training import training
-
-    return {
-        name: json.dumps(build(), indent=2) + "\n"
-        for name, build in (
-            ("modelsoak-live.json", live),
-            ("modelsoak-soak.json", soak),
-            ("modelsoak-training.json", training),
-        )
-    }
-
-
-def main() -> int:
-    DASHBOARD_DIR.mkdir(exist_ok=True)
-    for name, text in render().items():
-        (DASHBOARD_DIR / name).write_text(text)
-        print(f"wrote {DASHBOARD_DIR / name}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from exporters import grafana
+from exporters import dashboard_files, grafana
 from exporters.stack import RULES, default_jobs, prometheus_config
 
 NAMES = ["modelsoak-live.json", "modelsoak-soak.json", "modelsoak-training.json"]
@@ -26,11 +26,11 @@ def _panels(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_committed_json_is_what_the_specs_render() -> None:
-    rendered = grafana.render()
+    rendered = dashboard_files.render()
     assert sorted(rendered) == NAMES
     for name, text in rendered.items():
         assert (grafana.DASHBOARD_DIR / name).read_text() == text, (
-            f"{name} is stale: run `python -m exporters.grafana`"
+            f"{name} is stale: run `python -m exporters.dashboard_files`"
         )
 
 
