@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from training.models import BUILTINS, infer_task, resolve_data, resolve_model
 from training.summary import SCHEMA_VERSION, TrainingSummary
 
 HERE = Path(__file__).resolve().parent
+SVG = "{http://www.w3.org/2000/svg}"
 ROOT = HERE.parent
 
 
@@ -80,7 +82,9 @@ def test_detached_model_report_names_the_parameters(
     md = (folder / "report.md").read_text()
     assert "| gradient_flow | FAIL |" in md and "![grad_norms](grad_norms.svg)" in md
     for chart in ("loss", "metric", "lr", "grad_norms"):
-        assert (folder / f"{chart}.svg").read_text().startswith("<svg")
+        root = ElementTree.parse(folder / f"{chart}.svg").getroot()  # well-formed SVG
+        lines = list(root.iter(f"{SVG}polyline"))
+        assert root.tag == f"{SVG}svg" and lines
     html = (folder / "report.html").read_text()
     assert html.count("<svg") == 4 and "class='FAIL'" in html
     # The JSON is plain JSON (readable without our types too).

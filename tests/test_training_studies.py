@@ -165,3 +165,4 @@ def test_compare_models_measures_size_memory_and_speed(tmp_path: Path) -> None:
         assert m["train_samples_per_s"] > 0 and set(m["inference_samples_per_s"]) == {"1", "8"}
     assert cnn["val_metric"] > sig["val_metric"]  # the sigmoid stack stays at chance
     assert "infer b=8 samples/s" in (tmp_path / "cmp" / "report.md").read_text()
+    assert (tmp_path / "cmp" / "inference_throughput.svg").read_text().count("<polyline") == 2

@@ -177,5 +177,13 @@ def write_compare_report(s: TrainingSummary, folder: Path) -> None:
             for m in models
         ],
     )
+    speeds = {}
+    for m in models:
+        ips = {int(b): float(v) for b, v in m["inference_samples_per_s"].items()}
+        speeds[m["model"]] = ([float(b) for b in sorted(ips)], [ips[b] for b in sorted(ips)])
+    rep.chart(
+        "inference_throughput",
+        plots.line_chart("Inference samples/s by batch size", speeds, "batch size", "samples/s", log_y=True),
+    )
     _provenance(rep, s)
     rep.write(folder)
