@@ -7,7 +7,9 @@ A repository is one of:
   as in `ModelEntry` (paths relative to the file);
 - a directory with one sub-directory per model, Triton-style: `<name>/model.onnx`
   or `<name>/<version>/model.onnx` (or `model.pt`), plus an optional
-  `<name>/modelsoak.yaml` holding the same keys as a config entry.
+  `<name>/modelsoak.yaml` holding the same keys as a config entry;
+- a TorchServe model archive (`.mar`), or a TorchServe model store: a directory
+  of `.mar` files (server/archive.py), side by side with model folders or alone.
 """
 
 from __future__ import annotations
@@ -127,8 +129,22 @@ def _model_file(folder: Path) -> Path | None:
     return None
 
 
-def read_directory(path: Path) -> list[ModelEntry]:
-    entries: list[ModelEntry] = []
+def archive_entry(mar: Path, cache_dir: Path | None) -> ModelEntry:
+    """The entry of a TorchServe model archive (server/archive.py)."""
+    from server.archive import ArchiveError, open_archive
+
+    try:
+        arc = open_archive(mar, cache_dir)
+        raw = {**arc.spec, "name": arc.model_name, "version": arc.version,
+               "source": str(arc.serialized), "backend": arc.backend}  # fmt: skip
+        return entry_from_mapping(raw, arc.serialized.parent, str(mar))
+    except ArchiveError as exc:
+        raise RepositoryError(str(exc)) from None
+
+
+def read_directory(path: Path, cache_dir: Path | None = None) -> list[ModelEntry]:
+    # A TorchServe model store: .mar files side by side with (or instead of) model folders.
+    entries = [archive_entry(p, cache_dir) for p in sorted(path.glob("*.mar")) if p.is_file()]
     for model_dir in sorted(p for p in path.iterdir() if p.is_dir()):
         overrides: dict[str, Any] = {}
         cfg = model_dir / "modelsoak.yaml"
@@ -155,11 +171,11 @@ def read_directory(path: Path) -> list[ModelEntry]:
             raw = {**overrides, "name": model_dir.name, "version": version, "source": str(file)}
             entries.append(entry_from_mapping(raw, model_dir, str(model_dir)))
     if not entries:
-        raise RepositoryError(f"{path}: the model repository holds no model folders")
+        raise RepositoryError(f"{path}: the model repository holds no model folders or .mar archives")
     return entries
 
 
-def resolve(model: str, defaults: dict[str, Any]) -> list[ModelEntry]:
+def resolve(model: str, defaults: dict[str, Any], cache_dir: Path | None = None) -> list[ModelEntry]:
     """Turn the server's --model value into the entries to load.
 
     `defaults` (backend, device, batching, params ...) apply to every entry that
@@ -167,7 +183,9 @@ def resolve(model: str, defaults: dict[str, Any]) -> list[ModelEntry]:
     """
     path = Path(model)
     if path.is_dir():
-        entries = read_directory(path)
+        entries = read_directory(path, cache_dir)
+    elif path.suffix == ".mar":
+        entries = [archive_entry(path, cache_dir)]
     elif path.suffix in (".yaml", ".yml", ".json"):
         if not path.is_file():
             raise RepositoryError(f"model repository config {path} does not exist")
