@@ -226,7 +226,7 @@ def test_console_entry_points_print_the_table_and_exit_with_the_verdict(tmp_path
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=280,
         check=False,
     )
     assert proc.returncode == 4, proc.stdout + proc.stderr

@@ -23,7 +23,7 @@ def _torchrun(tmp: Path, nproc: int, *args: str) -> tuple[subprocess.CompletedPr
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
         "-m", "training.bench_cli", "bench", "--model", "digits-cnn", "--device", "cpu", "--out", str(tmp), *args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=280, check=False)
     summary = tmp / "summary.json"
     assert summary.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(summary.read_text())
@@ -52,7 +52,7 @@ def test_scaling_efficiency_against_one_process(tmp_path: Path) -> None:
         sys.executable, "-m", "training.bench_cli", "bench", "--model", "digits-cnn", "--device", "cpu",
         "--epochs", "1", "--no-eval", "--nproc-per-node", "2", "--out", str(tmp_path),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=280, check=False)
     s = json.loads((tmp_path / "summary.json").read_text())
     one = json.loads((tmp_path / "nproc-1" / "summary.json").read_text())
     assert one["world_size"] == 1 and s["world_size"] == 2

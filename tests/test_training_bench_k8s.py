@@ -175,7 +175,7 @@ def test_the_jobs_command_runs_here_as_two_nodes_and_pushes_a_pass(tmp_path: Pat
             )
             for i in range(job["spec"]["completions"])
         ]
-        outs = [n.communicate(timeout=300)[0] for n in nodes]
+        outs = [n.communicate(timeout=280)[0] for n in nodes]
         with urllib.request.urlopen(f"{gateway.url}/metrics", timeout=10) as resp:
             pushed = resp.read().decode()
     finally:

@@ -105,7 +105,7 @@ def test_a_bench_run_pushes_its_summary_to_the_pushgateway(tmp_path: Path) -> No
             sys.executable, "-m", "training.bench_cli", "bench", "--model", "digits-cnn", "--epochs", "2",
             "--run-id", "pushed-train", "--pushgateway", gateway.url, "--out", str(tmp_path / "out"),
         ]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
         assert proc.returncode == 4, proc.stdout + proc.stderr
         s: dict[str, Any] = json.loads((tmp_path / "out" / "summary.json").read_text())
         with urllib.request.urlopen(f"{gateway.url}/metrics", timeout=10) as resp:

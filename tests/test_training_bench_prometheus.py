@@ -82,7 +82,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         instance = f"127.0.0.1:{m.group(1)}"
         pushed = subprocess.run(
             _bench(tmp, PUSHED, "--epochs", "4", "--pushgateway", gateway.url),
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False,
         )  # fmt: skip
         assert pushed.returncode == 4, pushed.stdout + pushed.stderr
         doc = yaml.safe_load(RULES.read_text())
