@@ -96,6 +96,7 @@ class InferenceServer:
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 # Never share a port: a second server on it must fail, not split the load.
                 ("grpc.so_reuseport", 0),
+                *grpc_limits(s),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
@@ -158,6 +159,26 @@ class InferenceServer:
             m.scheduler.shutdown_threads()
             for inst in m.scheduler.instances:
                 inst.close()
+
+
+def _ms(seconds: float) -> int:
+    # gRPC reads 0 ms as "at once"; the settings' 0 means "never" (INT_MAX ms).
+    return int(seconds * 1000) if seconds > 0 else 2**31 - 1
+
+
+def grpc_limits(s: ServerSettings) -> list[tuple[str, int]]:
+    """The per-connection limits the gRPC server enforces (README: Security)."""
+    return [
+        ("grpc.max_concurrent_streams", s.grpc_max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", _ms(s.grpc_max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", _ms(s.grpc_max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", _ms(s.grpc_max_connection_age_grace_s)),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", _ms(s.grpc_keepalive_min_ping_s)),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(s.grpc_keepalive_min_ping_s)),
+        ("grpc.keepalive_permit_without_calls", int(s.grpc_keepalive_permit_without_calls)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_metadata_size", s.grpc_max_metadata_bytes),
+    ]
 
 
 def describe_ports(server: InferenceServer) -> str:

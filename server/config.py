@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -107,6 +107,56 @@ class ServerSettings(BaseSettings):
     profile_dir: Path = Path("profiles")
     """Where profiles (Chrome traces and summaries) are written."""
 
+    model_control_mode: Literal["none", "explicit"] = "none"
+    """Triton's convention: none refuses RepositoryModelLoad/Unload
+    (FAILED_PRECONDITION); explicit allows them (token-checked with
+    admin_token_file)."""
+
+    allow_profiling: bool = False
+    """Allow POST/DELETE /profile on the HTTP port (off: 403 and counted in
+    modelsoak_admin_refused_total)."""
+
+    admin_token_file: Path | None = None
+    """File holding a bearer token that admin actions (profiling, repository
+    control) must present: HTTP `Authorization: Bearer TOKEN`, gRPC metadata
+    `authorization: Bearer TOKEN`. Read once at start-up."""
+
+    profile_max_requests: int = Field(10_000, ge=1)
+    """Largest `requests` one profile may ask for; more is refused with the cap
+    in the message."""
+
+    profile_max_s: float = Field(60.0, gt=0)
+    """A profile stops after this many seconds, however few requests it saw."""
+
+    profile_max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    """A profile stops once the server's RSS grew this much since it started
+    (the profiler's event buffers live in memory until the trace is written)."""
+
+    grpc_max_concurrent_streams: int = Field(1024, ge=1)
+    """HTTP/2 streams (RPCs) one connection may have open at once; a client
+    opening more waits on its side for a stream to end."""
+
+    grpc_max_connection_idle_s: float = Field(300.0, ge=0)
+    """A connection without RPCs for this long is closed with GOAWAY (0: never)."""
+
+    grpc_max_connection_age_s: float = Field(0.0, ge=0)
+    """Connections older than this are closed with GOAWAY, so clients
+    rebalance over replicas (0: never; a soak test keeps its connections)."""
+
+    grpc_max_connection_age_grace_s: float = Field(30.0, ge=0)
+    """After a max-age GOAWAY: seconds the connection's RPCs get to finish."""
+
+    grpc_keepalive_min_ping_s: float = Field(10.0, gt=0)
+    """Keepalive enforcement: a client pinging more often than this is sent
+    GOAWAY (ENHANCE_YOUR_CALM) after two strikes."""
+
+    grpc_keepalive_permit_without_calls: bool = True
+    """Keepalive pings on a connection without RPCs are allowed (at the
+    interval above): idle Locust users keep their connections."""
+
+    grpc_max_metadata_bytes: int = Field(16 * 1024, ge=1024)
+    """Largest request metadata (headers) accepted; larger is refused by gRPC."""
+
     grace_s: float = Field(30.0, ge=0)
     """After SIGTERM: seconds in-flight requests get to finish before exit."""
 
@@ -116,6 +166,23 @@ class ServerSettings(BaseSettings):
 
     log_level: str = "INFO"
     """Python logging level."""
+
+    @model_validator(mode="after")
+    def _admin_settings_hold(self) -> ServerSettings:
+        if self.profile_requests > self.profile_max_requests:
+            raise ValueError(
+                f"profile_requests={self.profile_requests} exceeds profile_max_requests="
+                f"{self.profile_max_requests}; raise the cap or profile fewer requests"
+            )
+        path = self.admin_token_file
+        if path is not None:
+            try:
+                token = path.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"admin_token_file {path}: cannot be read ({exc.strerror})") from None
+            if not token:
+                raise ValueError(f"admin_token_file {path} is empty; expected one bearer token")
+        return self
 
     def resolved_device(self) -> str:
         return default_device() if self.device == "auto" else self.device

@@ -12,12 +12,13 @@ import logging
 import time
 from typing import Any
 
+from server.admin import AdminGate
 from server.backends import prepare_model
 from server.config import ServerSettings
 from server.dataplane import DataPlane
 from server.leak import LeakCache
 from server.memory import MemorySampler
-from server.profiling import ProfileManager
+from server.profiling import ProfileLimits, ProfileManager
 from server.repository import ModelEntry, ModelRegistry, ServedModel, parse_tensor_spec, resolve
 from server.scheduler import Scheduler
 from server.stats import ModelStats
@@ -38,7 +39,8 @@ class ServerCore:
         self.registry = ModelRegistry()
         self.plane = DataPlane(self.registry, settings.probes)
         self.sampler = MemorySampler(interval_s=settings.memory_interval_s)
-        self.profiler = ProfileManager(self.registry, settings.profile_dir)
+        self.profiler = ProfileManager(self.registry, settings.profile_dir, ProfileLimits.of(settings))
+        self.admin = AdminGate(settings)
         self.leaks = LeakCache(self.sampler, settings.leak_warmup_s)
         self.started_at = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None

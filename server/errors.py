@@ -60,6 +60,25 @@ class LoadFailed(ServingError):
     """A model could not be (re)loaded on request (RepositoryModelLoad)."""
 
 
+class AdminDisabled(ServingError):
+    """An admin action (profiling, repository control) the server was not started
+    to allow. FAILED_PRECONDITION: no credential helps, only a restart with the
+    flag the message names (Triton answers its own model-control refusal with
+    UNAVAILABLE, which clients retry; a refusal must not be retried)."""
+
+
+class Unauthenticated(ServingError):
+    """An admin action without the bearer token, or with another one."""
+
+
+class AlreadyProfiling(ServingError):
+    """The model has a profile recording; one job per model at a time."""
+
+
+class NoSuchJob(ServingError):
+    """No profile is recording for the model named."""
+
+
 _StatusCode = grpc.StatusCode
 # Error class -> (gRPC status, HTTP status). The HTTP codes follow KServe's v2 REST
 # mapping of the same conditions.
@@ -73,6 +92,10 @@ _STATUS: dict[type[ServingError], tuple[grpc.StatusCode, int]] = {
     ShuttingDown: (_StatusCode.UNAVAILABLE, 503),
     ExecutionFailed: (_StatusCode.INTERNAL, 500),
     LoadFailed: (_StatusCode.INTERNAL, 500),
+    AdminDisabled: (_StatusCode.FAILED_PRECONDITION, 403),
+    Unauthenticated: (_StatusCode.UNAUTHENTICATED, 401),
+    AlreadyProfiling: (_StatusCode.ALREADY_EXISTS, 409),
+    NoSuchJob: (_StatusCode.NOT_FOUND, 404),
 }
 
 

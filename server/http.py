@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client.exposition import choose_encoder
 
+from server.admin import PROFILING
 from server.errors import ServingError, http_status
 from server.metrics import build_registry, stats_document, triton_gpu_text
 from server.netutil import PortInUse
@@ -59,10 +60,50 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": f"no route {url.path}; try /metrics, /stats, /profile, /healthz"})
 
+    def _discard_body(self) -> None:
+        """/profile takes its arguments in the query; a body sent anyway is read
+        and dropped (up to 64 KiB, else the connection closes), so it is never
+        parsed as the next request on this keep-alive connection."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if 0 <= length <= 65536:
+            self.rfile.read(length)
+        else:
+            self.close_connection = True
+
+    def _admitted(self, action: str) -> bool:
+        """Admin actions pass the gate (flag, token); a refusal is answered here."""
+        self._discard_body()
+        try:
+            self.server.core.admin.check(action, self.headers.get("Authorization"), self.address_string())
+        except ServingError as exc:
+            self._json(http_status(exc), {"error": exc.message})
+            return False
+        return True
+
+    def do_DELETE(self) -> None:
+        url = urlparse(self.path)
+        if url.path != "/profile":
+            self._json(404, {"error": f"no route DELETE {url.path}; try DELETE /profile?model=NAME"})
+            return
+        if not self._admitted(PROFILING):
+            return
+        model = (parse_qs(url.query).get("model") or [""])[0]
+        try:
+            job = self.server.core.profiler.cancel(model)
+        except ServingError as exc:
+            self._json(http_status(exc), {"error": exc.message})
+            return
+        self._json(200, job.as_dict())
+
     def do_POST(self) -> None:
         url = urlparse(self.path)
         if url.path != "/profile":
             self._json(404, {"error": f"no route POST {url.path}; try POST /profile?model=NAME&requests=N"})
+            return
+        if not self._admitted(PROFILING):
             return
         query = parse_qs(url.query)
         model = (query.get("model") or [""])[0]

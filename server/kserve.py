@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from server import __version__, breakdown, dtypes, tensors
+from server.admin import REPOSITORY
 from server.dataplane import Decoded
 from server.errors import LoadFailed, ModelNotFound, ServingError, abort, in_band
 from server.proto import grpc_service_pb2 as pb
@@ -168,9 +169,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             resp.models.add(name=entry.name, version=entry.version, state=state, reason=reason)
         return resp
 
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Repository control is an admin action: the mode and the token decide."""
+        auth = next((str(v) for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+        try:
+            self.core.admin.check(REPOSITORY, auth, context.peer())
+        except ServingError as exc:
+            await abort(context, exc)
+
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
+        await self._admit(context)
         try:
             await self.core.load_model(request.model_name)
         except ServingError as exc:
@@ -182,6 +192,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
+        await self._admit(context)
         try:
             await self.core.unload_model(request.model_name)
         except ServingError as exc:

@@ -43,6 +43,18 @@ class ServerCollector(Collector):
         yield from self._models([m.stats.snapshot() for m in self.core.registry.loaded()])
         yield from self._resources()
         yield from self._leak()
+        yield from self._admin()
+
+    def _admin(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "modelsoak_admin_refused",
+            "Admin actions refused, by action (profiling, repository) and reason "
+            "(disabled, missing_token, bad_token).",
+            labels=["action", "reason"],
+        )
+        for (action, reason), n in sorted(self.core.admin.refused().items()):
+            refused.add_metric([action, reason], n)
+        yield refused
 
     def _server_info(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(

@@ -78,7 +78,9 @@ def server(
     ]
     cfg = tmp_path_factory.mktemp("repo") / "models.yaml"
     cfg.write_text(yaml.safe_dump({"models": models}))
-    return start_module_server("--model", str(cfg), "--profile-dir", str(cfg.parent / "profiles"))
+    return start_module_server(
+        "--model", str(cfg), "--profile-dir", str(cfg.parent / "profiles"), "--allow-profiling"
+    )
 
 
 def test_tritonclient_unchanged_works(server: ServerProcess, tmp_path: Path) -> None:

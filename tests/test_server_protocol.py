@@ -282,7 +282,7 @@ def test_model_repository_directory_with_versions(
     identity_file(repo / "scaler" / "1" / "model.onnx", 2.0)
     identity_file(repo / "scaler" / "2" / "model.onnx", 3.0)
     (repo / "scaler" / "modelsoak.yaml").write_text("max_batch_size: 4\n")
-    srv = start_server("--model", str(repo))
+    srv = start_server("--model", str(repo), "--model-control-mode", "explicit")
     stub = srv.stub()
     x = np.ones((1, 3), np.float32)
     latest = output_array(stub.ModelInfer(infer_request("scaler", {"INPUT0": x})))
