@@ -6,6 +6,7 @@ neighbour module) loaded through `FILE.py:FUNC`, as a user's would be.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,17 @@ def test_learning_rate_that_diverges_is_stopped_at_the_first_non_finite_step() -
     assert ctx.main.steps == r.evidence["step"]
     assert ctx.main.nonfinite is not None and len(ctx.main.epochs) == 2
     assert by_name(summary)["convergence"].status == "FAIL"
+
+
+def test_a_nan_activation_the_loss_does_not_show_is_caught_at_its_layer(cases: Path) -> None:
+    summary, ctx = run_checks(
+        TrainConfig(model=f"{cases}:nan_then_masked", data="digits-cnn", epochs=1, device="cpu"),
+        checks=["numerics"],
+    )
+    r = by_name(summary)["numerics"]
+    assert r.status == "FAIL" and r.evidence["kind"] == "activation" and r.evidence["where"] == "act"
+    assert math.isfinite(r.evidence["value"])  # the loss itself was still finite
+    assert ctx.main.steps == r.evidence["step"] < 12
 
 
 def test_model_that_ignores_its_input_cannot_overfit_one_batch(cases: Path) -> None:

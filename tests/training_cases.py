@@ -139,3 +139,35 @@ def not_a_module() -> object:
 
 def not_datasets() -> object:
     return [1, 2, 3]
+
+
+class Flaky(nn.Module):
+    """Identity, except that its `at`-th forward in training mode returns NaN."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return h
+        self.calls += 1
+        return h * float("nan") if self.calls == self.at else h
+
+
+class NanThenMasked(nn.Module):
+    """A hidden activation turns NaN once, and nan_to_num hides it from the loss: only a watch on
+    the activations sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(64, 32)
+        self.act = Flaky(at=12)
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.nan_to_num(self.act(self.hidden(x.flatten(1)))))
+
+
+def nan_then_masked() -> nn.Module:
+    return NanThenMasked()

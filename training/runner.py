@@ -267,11 +267,15 @@ def train(
     keep_params: bool = True,
     batch_source: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     stop_after_steps: int | None = None,
+    watch_activations: bool | None = None,
 ) -> TrainResult:
     """Train for cfg.epochs (each capped at max_steps_per_epoch), validating after every epoch.
 
     batch_source: train on these batches (every epoch) instead of the shuffled training set.
     stop_after_steps: end the run early, the schedule unchanged (a prefix of the full run).
+    watch_activations: check every layer's output for NaN on every step (default: on CPU, where
+    it is cheap; on CUDA each check would synchronise). A non-finite loss is always traced back to
+    the first layer whose output went non-finite.
     """
     p = cfg if isinstance(cfg, Prepared) else prepare(cfg)
     c = p.config
@@ -302,13 +306,45 @@ def train(
         res.initial_params = {n: q.detach().cpu().clone() for n, q in named}
     ctx = StepContext(model, opt, device)
     res.epochs.append(_epoch_record(p, res, 0, (0.0, 0.0, 0), time.perf_counter()))
+    watch = (
+        ActivationWatch(model, nan_only=True)
+        if (device.type == "cpu" if watch_activations is None else watch_activations)
+        else None
+    )
     model.train()
+    try:
+        _epochs(
+            p, res, ctx, hooks, sched, named, loader, steps_per_epoch, record_updates, stop_after_steps, watch
+        )
+    finally:
+        if watch is not None:
+            watch.close()
+    if keep_params:
+        res.final_params = {n: q.detach().cpu().clone() for n, q in named}
+    return res
+
+
+def _epochs(
+    p: Prepared,
+    res: TrainResult,
+    ctx: StepContext,
+    hooks: Sequence[Hook],
+    sched: Schedule,
+    named: list[tuple[str, nn.Parameter]],
+    loader: Any,
+    steps_per_epoch: int,
+    record_updates: bool,
+    stop_after_steps: int | None,
+    watch: ActivationWatch | None,
+) -> None:
+    c = p.config
+    assert c.epochs is not None
     for epoch in range(1, c.epochs + 1):
         t0, sums = time.perf_counter(), [0.0, 0.0, 0]
         for i, (xb, yb) in enumerate(loader):
             if i >= steps_per_epoch or (stop_after_steps is not None and res.steps >= stop_after_steps):
                 break
-            if not _one_step(p, res, ctx, hooks, sched, named, xb, yb, epoch, sums, record_updates):
+            if not _one_step(p, res, ctx, hooks, sched, named, xb, yb, epoch, sums, record_updates, watch):
                 break
         res.train_seconds += time.perf_counter() - t0
         rec = _epoch_record(p, res, epoch, (sums[0], sums[1], int(sums[2])), t0)
@@ -318,9 +354,6 @@ def train(
         if res.nonfinite is not None or (stop_after_steps is not None and res.steps >= stop_after_steps):
             break
         sched.after_epoch(rec.val_loss)
-    if keep_params:
-        res.final_params = {n: q.detach().cpu().clone() for n, q in named}
-    return res
 
 
 def _one_step(
@@ -335,18 +368,24 @@ def _one_step(
     epoch: int,
     sums: list[float],
     record_updates: bool,
+    watch: ActivationWatch | None = None,
 ) -> bool:
     """One optimizer step; False (and res.nonfinite set) when something went non-finite."""
     x, y = xb.to(p.device), yb.to(p.device)
     ctx.step, ctx.epoch, ctx.batch_size = res.steps, epoch, len(y)
     for h in hooks:
         h.on_batch(ctx)
+    if watch is not None:
+        watch.first_bad = None
     out = p.model(x)
     loss = p.loss(out, y)
     ctx.loss = loss
     for h in hooks:
         h.after_forward(ctx)
     lv = float(loss.detach())
+    if watch is not None and watch.first_bad is not None:  # even when the loss is still finite
+        res.nonfinite = NonFinite(res.steps, epoch, "activation", watch.first_bad, lv)
+        return False
     if not math.isfinite(lv):
         where = _locate_nonfinite_activation(p, x)
         kind = "activation" if where else "loss"

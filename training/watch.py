@@ -37,10 +37,15 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
 
 
 class ActivationWatch:
-    """Forward hooks that note the first module (in call order) whose output is not finite."""
+    """Forward hooks that note the first module (in call order) whose output is not finite.
 
-    def __init__(self, model: nn.Module) -> None:
+    nan_only: flag NaN but not ±inf, for the watch on every step: -inf is a legitimate mask
+    value (attention), while NaN never is.
+    """
+
+    def __init__(self, model: nn.Module, nan_only: bool = False) -> None:
         self.first_bad: str | None = None
+        self.nan_only = nan_only
         self._handles = [
             m.register_forward_hook(self._hook(name)) for name, m in model.named_modules() if name
         ]
@@ -48,8 +53,10 @@ class ActivationWatch:
     def _hook(self, name: str) -> Any:
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
             floating = isinstance(out, torch.Tensor) and out.is_floating_point()
-            if self.first_bad is None and floating and not bool(torch.isfinite(out).all()):
-                self.first_bad = name
+            if self.first_bad is None and floating:
+                bad = bool(torch.isnan(out).any()) if self.nan_only else not bool(torch.isfinite(out).all())
+                if bad:
+                    self.first_bad = name
 
         return hook
 
