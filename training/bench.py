@@ -349,6 +349,7 @@ def _read_losses(pending: list[torch.Tensor], live: LiveRun, result: RunResult, 
     if not pending:
         return
     values = torch.stack(pending).float().cpu().tolist()
+    live.timer.flush()  # the read above synchronised: resolving the events now waits for nothing
     result.losses.extend(values)
     finite = [v for v in values if math.isfinite(v)]
     live.nonfinite += len(values) - len(finite)

@@ -80,18 +80,32 @@ class Sampler:
         self._handle: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        self.device = torch.device(device)
         if self.cuda:
-            self._open_nvml(torch.device(device).index or torch.cuda.current_device())
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self.device = torch.device("cuda", index)
+            self._open_nvml(index)
 
     def _open_nvml(self, index: int) -> None:
+        import torch
+
         try:
             import pynvml
 
             pynvml.nvmlInit()
             self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         except Exception as exc:  # no library, no driver: say why instead of inventing zeros
             self.gpu_reason = f"NVML unavailable: {exc} (pip install nvidia-ml-py)"
+            return
+        # NVML numbers every GPU of the host, CUDA only the visible ones: find ours by UUID.
+        try:
+            uuid = f"GPU-{torch.cuda.get_device_properties(index).uuid}"
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        except Exception:
+            try:
+                self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            except Exception as exc:
+                self.gpu_reason = f"NVML has no handle for CUDA device {index}: {exc}"
 
     def now(self) -> float:
         return (time.perf_counter_ns() - self.origin_ns) / 1e9
@@ -104,9 +118,10 @@ class Sampler:
             import torch
 
             self.cuda_allocated.t.append(t)
-            self.cuda_allocated.v.append(float(torch.cuda.memory_allocated()))
+            # this thread's current device is not the loop's: name it
+            self.cuda_allocated.v.append(float(torch.cuda.memory_allocated(self.device)))
             self.cuda_reserved.t.append(t)
-            self.cuda_reserved.v.append(float(torch.cuda.memory_reserved()))
+            self.cuda_reserved.v.append(float(torch.cuda.memory_reserved(self.device)))
         if self._handle is not None:
             util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
             self.gpu_util.t.append(t)

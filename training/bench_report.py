@@ -30,7 +30,7 @@ def summarise(
     steps = bench_stats.measured(main.steps, opts.warmup_steps)
     st = bench_stats.step_stats(steps)
     device_name = meta.get("provenance", {}).get("device", {}).get("name", "")
-    precision = opts.amp or ("tf32" if main.device.startswith("cuda") and meta.get("tf32") else "fp32")
+    precision = _precision(opts, main.device)
     s: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": "training-bench",
@@ -53,6 +53,20 @@ def summarise(
         "loss_curve": main.losses,
     }
     return judge(s, plan, vars(opts))
+
+
+def _precision(opts: BenchOptions, device: str) -> str:
+    """Which peak MFU is against: the autocast dtype, else TF32 where torch lets
+    matmuls or convolutions use it (Ampere and later), else FP32."""
+    if opts.amp:
+        return opts.amp
+    if device.startswith("cuda"):
+        import torch
+
+        tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+        if tf32 and torch.cuda.get_device_capability(torch.device(device)) >= (8, 0):
+            return "tf32"
+    return "fp32"
 
 
 def judge(s: dict[str, Any], plan: dict[str, float | None], opts: dict[str, Any]) -> dict[str, Any]:
