@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from server.core import ServerCore
 from server.kserve import InferenceServicer
 from server.netutil import PortInUse, check_free, port_in_use
 from server.proto import grpc_service_pb2, grpc_service_pb2_grpc, torchserve_pb2, torchserve_pb2_grpc
+from server.tls import CertStore, store_from
 from server.torchserve import TorchServeServicer
 
 log = logging.getLogger("modelsoak.server")
@@ -55,6 +57,7 @@ class InferenceServer:
         self.http: Any = None
         self.grpc_port = 0
         self.metrics_port = -1
+        self.tls: CertStore | None = None
         self._stopped = False
 
     async def start(self) -> None:
@@ -64,7 +67,12 @@ class InferenceServer:
         check_free(s.host, s.grpc_port, "gRPC")
         if s.metrics_port > 0:
             check_free(s.host, s.metrics_port, "metrics")
+        self.tls = store_from(s.tls_cert, s.tls_key, s.tls_client_ca)  # bad files: exit 2 now
         loop = asyncio.get_running_loop()
+        if self.tls is not None:
+            # Certificates rotate (Kubernetes Secrets): SIGHUP reads them again at once.
+            loop.add_signal_handler(signal.SIGHUP, self.tls.request_reload)
+            log.info("gRPC and metrics ports: %s", self.tls.describe())
         models = await loop.run_in_executor(None, self.core.prepare_all)
         server = self._grpc_server()
         self.grpc_port = self._bind(server)
@@ -78,7 +86,7 @@ class InferenceServer:
             from server.http import start_http
 
             try:
-                self.http = start_http(self.core, s.host, s.metrics_port)
+                self.http = start_http(self.core, s.host, s.metrics_port, self.tls)
             except OSError:
                 await self.stop(0)  # taken since the check: close what is open, then say why
                 raise
@@ -119,7 +127,11 @@ class InferenceServer:
         s = self.settings
         host = f"[{s.host}]" if ":" in s.host else s.host
         try:
-            port = server.add_insecure_port(f"{host}:{s.grpc_port}")
+            address = f"{host}:{s.grpc_port}"
+            if self.tls is not None:
+                port = server.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpcio raises RuntimeError when the bind fails
             if port_in_use(s.host, s.grpc_port):
                 raise PortInUse(s.host, s.grpc_port, "gRPC") from None

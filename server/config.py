@@ -164,6 +164,16 @@ class ServerSettings(BaseSettings):
     """Where built-in models are exported and cached (default
     ~/.cache/modelsoak/models, or MODELSOAK_CACHE_DIR)."""
 
+    tls_cert: Path | None = None
+    """PEM certificate chain: the gRPC and metrics ports serve TLS only.
+    Reloaded when the file changes or on SIGHUP."""
+
+    tls_key: Path | None = None
+    """PEM private key of --tls-cert."""
+
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mTLS)."""
+
     log_level: str = "INFO"
     """Python logging level."""
 

@@ -16,6 +16,7 @@ from server.admin import PROFILING
 from server.errors import ServingError, http_status
 from server.metrics import build_registry, stats_document, triton_gpu_text
 from server.netutil import PortInUse
+from server.tls import CertStore, handshake_or_refuse, wrap_accepted
 
 if TYPE_CHECKING:
     from server.core import ServerCore
@@ -131,10 +132,20 @@ class _HTTPServer(ThreadingHTTPServer):
     core: ServerCore
     registry: Any
     extra_text: Any
+    tls: CertStore | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, peer = super().get_request()
+        return (wrap_accepted(self.tls, sock) if self.tls else sock), peer
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs here, in the connection's thread, not in the accept loop.
+        if self.tls is None or handshake_or_refuse(request, client_address, self.tls.mutual):
+            super().finish_request(request, client_address)
 
 
-def start_http(core: ServerCore, host: str, port: int) -> _HTTPServer:
-    """Serve the metrics port in a daemon thread; returns the bound server."""
+def start_http(core: ServerCore, host: str, port: int, tls: CertStore | None = None) -> _HTTPServer:
+    """Serve the metrics port in a daemon thread (HTTPS with `tls`); returns the bound server."""
     try:
         httpd = _HTTPServer((host, port), _Handler)
     except OSError as exc:
@@ -142,6 +153,7 @@ def start_http(core: ServerCore, host: str, port: int) -> _HTTPServer:
             raise PortInUse(host, port, "metrics") from None
         raise
     httpd.core = core
+    httpd.tls = tls
     httpd.registry = build_registry(core)
     httpd.extra_text = lambda: triton_gpu_text(core)
     threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
