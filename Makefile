@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.modelsoak-installed
 
-.PHONY: setup demo test test-fast bench proto lint stack system-deps tools k8s-sync image image-cuda clean
+.PHONY: setup demo test test-fast faults bench proto lint stack system-deps tools k8s-sync image image-cuda clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ tools: setup
 
 test: setup system-deps tools
 	$(PY) -m pytest -q
+
+# The fault suite alone (it also runs in `make test`).
+faults: setup
+	$(PY) -m pytest -q -m faults
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

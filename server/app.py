@@ -145,8 +145,14 @@ class InferenceServer:
             for name in ("", *SERVICE_NAMES):
                 await self.health.set(name, status)
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new requests, let in-flight ones finish."""
+    async def stop(self, grace_s: float | None = None, close_grpc: bool = True) -> None:
+        """Drain: NOT_SERVING, refuse new requests, let in-flight ones finish.
+
+        close_grpc=False (SIGTERM in the CLI, which then exits the process) leaves
+        the gRPC server open: gRPC's own shutdown cancels the calls it has received
+        but not yet handed to us, and their clients see CANCELLED, which retry
+        policies do not retry. Once the process exits, every call still open ends
+        with its connection, and its client sees UNAVAILABLE."""
         if self._stopped:
             return
         self._stopped = True
@@ -161,8 +167,11 @@ class InferenceServer:
         for m in models:
             if not await m.scheduler.drain(max(0.0, end - time.monotonic())):
                 log.warning("model %s: requests still running when the grace period ended", m.info.name)
-        if self.grpc_server is not None:
+        if self.grpc_server is not None and close_grpc:
             await self.grpc_server.stop(max(0.0, end - time.monotonic()))
+        elif self.grpc_server is not None:
+            # The answers of the last requests drained are being written by gRPC now.
+            await asyncio.sleep(min(0.2, max(0.0, end - time.monotonic())))
         if self.http is not None:
             self.http.shutdown()
         self.core.sampler.stop()

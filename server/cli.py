@@ -168,9 +168,14 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, sig, stop, settings.grace_s)
     await stop.wait()
-    await server.stop()
+    await server.stop(close_grpc=False)
     log.info("stopped")
-    return 0
+    # Exit here, gRPC server open (see InferenceServer.stop): the connections close
+    # with the process, so calls still open end UNAVAILABLE, never CANCELLED.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event, grace_s: float) -> None:

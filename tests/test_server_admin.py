@@ -75,6 +75,7 @@ def test_unload_is_refused_by_default_and_the_model_keeps_serving(default_server
     assert "admin action repository refused (disabled)" in default_server.log()
 
 
+@pytest.mark.faults
 def test_profiling_is_refused_by_default(default_server: ServerProcess) -> None:
     code, doc = _http(default_server.metrics_url + "/profile?model=identity&requests=999999999999", "POST")
     assert code == 403 and "--allow-profiling" in doc["error"]
@@ -109,6 +110,7 @@ def test_repository_control_with_the_token(admin_server: ServerProcess) -> None:
     assert stub.ModelReady(pb.ModelReadyRequest(name="mlp"), timeout=10).ready
 
 
+@pytest.mark.faults
 def test_profiling_caps_one_job_per_model_and_cancel(admin_server: ServerProcess) -> None:
     url = admin_server.metrics_url + "/profile"
     code, doc = _http(url + "?model=mlp&requests=999999999999", "POST", TOKEN)
@@ -128,6 +130,7 @@ def test_profiling_caps_one_job_per_model_and_cancel(admin_server: ServerProcess
     assert code == 404
 
 
+@pytest.mark.faults
 def test_profiling_stops_at_its_time_cap(admin_server: ServerProcess) -> None:
     url = admin_server.metrics_url + "/profile"
     code, job = _http(url + "?model=mlp&requests=50", "POST", TOKEN)

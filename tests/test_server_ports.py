@@ -64,6 +64,7 @@ def _second_server(cache: Path, grpc_port: int, metrics_port: int) -> subprocess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("which", ["grpc", "metrics"])
 def test_second_server_on_a_busy_port_exits_2_and_says_why(
     start_server: Callable[..., ServerProcess], model_cache: Path, which: str
