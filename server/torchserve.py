@@ -64,6 +64,10 @@ def decode_json(entries: dict[str, bytes], info: ModelInfo) -> tuple[dict[str, n
         raise InvalidInput(
             f"the request's input is not JSON: {exc}; expected a KServe v2 JSON body"
         ) from None
+    except RecursionError:  # '[[[[...' deeper than Python's parser goes
+        raise InvalidInput(
+            "the request's input nests JSON arrays or objects too deeply; expected a KServe v2 JSON body"
+        ) from None
     arrays: dict[str, np.ndarray] = {}
     outputs: list[str] = []
     request_id = ""
