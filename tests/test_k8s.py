@@ -284,6 +284,15 @@ def test_network_policies_admit_only_the_right_peers() -> None:
     assert admitted(peers("modelsoak-pushgateway", "http")) == masters
     for worker in workers:
         assert not peers(worker, "any")
+    # Locust's web UI starts and stops tests without a login: never open to everyone nor
+    # to other namespaces (only this namespace's pods and Prometheus), never exposed on
+    # a node or load balancer; the README and the manifest say to port-forward to it.
+    web_peers = peers("modelsoak-locust-master", "web")
+    assert web_peers and {"everyone": True} not in web_peers
+    assert all(p == {"podSelector": {}} or p == prometheus for p in web_peers), web_peers
+    service = one(docs, "Service", "modelsoak-locust")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert "port-forward svc/modelsoak-locust 8089" in (K8S / "base" / "locust-interactive.yaml").read_text()
 
 
 # -- the soak overlay, run here ------------------------------------------------------------------
