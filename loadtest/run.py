@@ -30,9 +30,9 @@ import psutil
 from loadtest.openloop import Dispatcher
 from loadtest.options import Options
 from loadtest.plan import Phase, Plan, load_plan, phases_for
-from loadtest.recorder import Merged, Recorder, Snapshot, decode_into, merge, new_hist
+from loadtest.recorder import Merged, Recorder, Snapshot, decode_into, drop, merge, new_hist
 from loadtest.results import TargetInfo
-from loadtest.series import SeriesWriter
+from loadtest.series import Point, SeriesWriter
 from loadtest.server_watch import ServerWatch
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ class Run:
         if role == "local":
             run.start_sending(run.options)
         assert run.results is not None
-        run.series = SeriesWriter(run, run.results / "timeseries.jsonl")
+        interval = run.options.series_interval if run.options else 2.0
+        run.series = SeriesWriter(run.results / "timeseries.jsonl", interval, run.next_point)
         run.greenlets = [gevent.spawn(run.series.loop), gevent.spawn(run._broadcast_loop)]
         run.enter(0)
         return run
@@ -257,6 +258,36 @@ class Run:
         self.greenlets = []
         if self.series is not None:
             self.series.close()
+
+    def next_point(self) -> Point:
+        """The time-series point of the interval since the last one (its window is consumed)."""
+        if self.role == "local":
+            decode_into(self.window, self.recorder.snapshot().window)
+        window, self.window = self.window, new_hist()
+        runner = self.environment.runner
+        assert runner is not None
+        now = time.time()
+        span = max(now - self.last_point, 1e-3)
+        self.last_point = now
+        count = window.get_total_count()
+        point = Point(
+            t=round(now - self.started, 3),
+            phase=self.phase.name if self.phase else "",
+            users=runner.user_count,
+            rps=round(count / span, 3),
+            fail_rps=round(runner.stats.total.current_fail_per_sec, 3),
+            count=count,
+        )
+        if count:
+            point.p50_ms, point.p90_ms, point.p95_ms, point.p99_ms = (
+                window.get_value_at_percentile(q) / 1000.0 for q in (50, 90, 95, 99)
+            )
+        if self.watch is not None:
+            point.server_memory = self.watch.poll() or None
+        if self.lost_workers:
+            point.lost_workers = sorted(self.lost_workers)
+        drop(window)
+        return point
 
     # -- the sending side ---------------------------------------------------------------
 

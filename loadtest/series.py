@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import gevent
 
 from loadtest.codec import SchemaError, from_json, to_json
-from loadtest.recorder import decode_into, drop, new_hist
-
-if TYPE_CHECKING:
-    from loadtest.run import Run
 
 log = logging.getLogger("modelsoak.loadgen")
 
@@ -56,14 +51,17 @@ def read_points(path: Path) -> list[Point]:
 
 
 class SeriesWriter:
-    def __init__(self, run: Run, path: Path) -> None:
-        self.run = run
+    """Appends a point every `interval` seconds; `make_point` (the run's) builds it,
+    so this module knows points and files, not runs."""
+
+    def __init__(self, path: Path, interval: float, make_point: Callable[[], Point]) -> None:
+        self.interval = interval
+        self.make_point = make_point
         self.file = path.open("a", buffering=1)
 
     def loop(self) -> None:
-        interval = self.run.options.series_interval if self.run.options else 2.0
         while True:
-            gevent.sleep(interval)
+            gevent.sleep(self.interval)
             try:
                 self.write_point()
             except Exception:  # the run's data matters more than one point
@@ -74,33 +72,7 @@ class SeriesWriter:
             self.file.close()
 
     def write_point(self) -> Point:
-        run = self.run
-        if run.role == "local":
-            decode_into(run.window, run.recorder.snapshot().window)
-        window, run.window = run.window, new_hist()
-        runner = run.environment.runner
-        assert runner is not None
-        now = time.time()
-        span = max(now - run.last_point, 1e-3)
-        run.last_point = now
-        count = window.get_total_count()
-        point = Point(
-            t=round(now - run.started, 3),
-            phase=run.phase.name if run.phase else "",
-            users=runner.user_count,
-            rps=round(count / span, 3),
-            fail_rps=round(runner.stats.total.current_fail_per_sec, 3),
-            count=count,
-        )
-        if count:
-            point.p50_ms, point.p90_ms, point.p95_ms, point.p99_ms = (
-                window.get_value_at_percentile(q) / 1000.0 for q in (50, 90, 95, 99)
-            )
-        if run.watch is not None:
-            point.server_memory = run.watch.poll() or None
-        if run.lost_workers:
-            point.lost_workers = sorted(run.lost_workers)
-        drop(window)
+        point = self.make_point()
         if not self.file.closed:
             self.file.write(point.to_line())
         return point
