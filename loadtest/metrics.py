@@ -147,10 +147,13 @@ def attach(environment: Environment, port: int) -> None:
         from gevent.pywsgi import WSGIServer
         from prometheus_client import make_wsgi_app
 
-        server = WSGIServer(("0.0.0.0", port), make_wsgi_app(registry), log=None)
+        from loadtest.tls import exporter_ssl_args
+
+        ssl_args = exporter_ssl_args(environment.parsed_options)
+        server = WSGIServer(("0.0.0.0", port), make_wsgi_app(registry), log=None, **ssl_args)
         server.start()
         runs(environment).metrics_port = server.server_port
-        log.info("Prometheus metrics on port %d", server.server_port)
+        log.info("Prometheus metrics on port %d%s", server.server_port, " (HTTPS)" if ssl_args else "")
 
 
 def push_summary(url: str, summary: Summary) -> None:

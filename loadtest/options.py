@@ -5,9 +5,11 @@ view the rest of the load generator reads."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from loadtest.tls import ClientTls
 
 SCENARIOS = (
     "none",
@@ -171,6 +173,19 @@ def add_arguments(parser: Any) -> None:
         include_in_web_ui=True,
         help="torchserve: send this file's bytes as the request's 'data' (for a handler with its own format)",
     )
+    _add_tls_arguments(a)
+
+
+def _add_tls_arguments(a: Any) -> None:
+    """--host grpcs://... for both protocols. Locust's own --tls-cert/--tls-key
+    serve its web UI over HTTPS, and here the headless --metrics-port too, so
+    the client certificate has flags of its own."""
+    a("--tls-ca", default="", include_in_web_ui=False, help="grpcs: PEM CA bundle the server's "
+      "certificate must chain to (default: the system's roots)")  # fmt: skip
+    a("--tls-client-cert", default="", include_in_web_ui=False, help="grpcs: PEM client certificate (mTLS)")
+    a("--tls-client-key", default="", include_in_web_ui=False, help="grpcs: PEM key of --tls-client-cert")
+    a("--tls-server-name", default="", include_in_web_ui=False,
+      help="grpcs: the name the server's certificate is for, when not the host dialled")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,7 @@ class Options:
     num_users: int | None
     spawn_rate: float | None
     run_time: int | None
+    tls: ClientTls = field(default_factory=ClientTls)
 
     @classmethod
     def from_parsed(cls, parsed: Any, host: str | None) -> Options:
@@ -251,6 +267,9 @@ class Options:
             num_users=get("num_users"),
             spawn_rate=get("spawn_rate"),
             run_time=get("run_time"),
+            tls=ClientTls(
+                get("tls_ca") or "", get("tls_client_cert") or "", get("tls_client_key") or "", get("tls_server_name") or ""
+            ),
         )
 
     def as_record(self) -> dict[str, str | int | float | bool | None]:

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 from google.protobuf import empty_pb2
 
+from loadtest.tls import ClientTls, TlsSetupError
 from server import breakdown, dtypes
 from server.proto import grpc_service_pb2 as pb
 from server.proto import grpc_service_pb2_grpc as pb_grpc
@@ -70,11 +71,19 @@ def grpc_target(host: str) -> tuple[str, bool]:
     return host.rstrip("/"), False
 
 
-def make_channel(host: str) -> grpc.Channel:
-    address, tls = grpc_target(host)
-    opts = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
-    if tls:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(), options=opts)
+def make_channel(host: str, tls: ClientTls | None = None) -> grpc.Channel:
+    address, secure = grpc_target(host)
+    opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                                   ("grpc.max_send_message_length", MAX_MESSAGE)]  # fmt: skip
+    tls = tls or ClientTls()
+    if secure:
+        try:
+            creds = tls.credentials()
+        except TlsSetupError as exc:
+            raise SetupError(str(exc)) from None
+        return grpc.secure_channel(address, creds, options=opts + tls.channel_options())
+    if tls.given:
+        raise SetupError(f"--host {host!r}: the --tls-* options need a grpcs://HOST:PORT host")
     return grpc.insecure_channel(address, options=opts)
 
 
@@ -107,8 +116,8 @@ def random_inputs(specs: tuple[InputSpec, ...], seed: int) -> dict[str, np.ndarr
 class KServeClient:
     """KServe v2 / Open Inference Protocol (our server, Triton, KServe, MLServer)."""
 
-    def __init__(self, host: str, timeout_s: float) -> None:
-        self.channel = make_channel(host)
+    def __init__(self, host: str, timeout_s: float, tls: ClientTls | None = None) -> None:
+        self.channel = make_channel(host, tls)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.timeout_s = timeout_s
         self._request: pb.ModelInferRequest | None = None
@@ -202,8 +211,10 @@ class TorchServeClient:
     v2 JSON body under "data" (what our server and TorchServe's KServe-v2 handlers
     read), or a user's own payload file for a custom handler."""
 
-    def __init__(self, host: str, timeout_s: float, payload: bytes | None = None) -> None:
-        self.channel = make_channel(host)
+    def __init__(
+        self, host: str, timeout_s: float, payload: bytes | None = None, tls: ClientTls | None = None
+    ) -> None:
+        self.channel = make_channel(host, tls)
         self.stub = ts_grpc.InferenceAPIsServiceStub(self.channel)
         self.timeout_s = timeout_s
         self.payload = payload

@@ -38,7 +38,7 @@ def resolve_target(run: Run, opts: Options, batch: int) -> Target:
             spec = InputSpec("INPUT0", opts.datatype or "FP32", (batch, *opts.input_shape))
             run.targets[key] = Target(opts.model, opts.model_version, (spec,), True, "", "torchserve", "", "")
         else:
-            probe = KServeClient(opts.host, opts.request_timeout)
+            probe = KServeClient(opts.host, opts.request_timeout, opts.tls)
             try:
                 run.targets[key] = probe.resolve(
                     opts.model, opts.model_version, batch, opts.input_shape, opts.datatype
@@ -75,10 +75,10 @@ class Session:
             if path:
                 payload = Path(path).read_bytes()
             self.client: KServeClient | TorchServeClient = TorchServeClient(
-                self.opts.host, self.opts.request_timeout, payload
+                self.opts.host, self.opts.request_timeout, payload, self.opts.tls
             )
         else:
-            self.client = KServeClient(self.opts.host, self.opts.request_timeout)
+            self.client = KServeClient(self.opts.host, self.opts.request_timeout, self.opts.tls)
         self.prepared_for: tuple[Run, int] | None = None
         self.sent: Counter[str] = Counter()
         self.total = 0
