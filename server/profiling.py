@@ -124,8 +124,10 @@ class _Window(ProfileHook):
         self._maybe_done()
 
     def _set_stopped(self, why: str) -> None:
+        # The state changes once the traces are written (_maybe_done), so a job
+        # seen as stopped has its files.
         if not self.closed and self.job.state == "recording":
-            self.job.state, self.job.stopped_because = "stopped", why
+            self.job.stopped_because = why
         self.closed = True
 
     def _stop_locked(self, inst: Backend) -> None:
@@ -152,7 +154,7 @@ class _Window(ProfileHook):
                 return
             self._finished = True
             if self.job.state == "recording":
-                self.job.state = "done"
+                self.job.state = "stopped" if self.job.stopped_because else "done"
         if self.timer is not None:
             self.timer.cancel()
         self.on_done(self)

@@ -162,3 +162,24 @@ def test_a_profile_over_the_cap_at_start_up_exits_2(tmp_path: Path, model_cache:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert run.returncode == 2 and "admin_token_file" in run.stderr, run.stderr
+
+
+@pytest.mark.faults
+def test_profiling_stops_at_its_memory_cap(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    # `leaky` keeps 256 KiB per request: a profile capped at 4 MiB of RSS growth must stop
+    # by that cap within ~16 requests, long before the 100,000 it asked for.
+    srv = start_server("--model", "leaky", "--param", "leak_bytes=262144", "--allow-profiling",
+                       "--profile-max-requests", "100000", "--profile-max-bytes", str(4 * 1024 * 1024),
+                       "--profile-dir", str(tmp_path / "profiles"))  # fmt: skip
+    url = srv.metrics_url + "/profile"
+    code, job = _http(url + "?model=leaky&requests=100000", "POST")
+    assert code == 202, job
+    stub = srv.stub()
+
+    def one_more() -> dict[str, Any]:
+        stub.ModelInfer(infer_request("leaky", {"INPUT0": np.ones((1, 4), np.float32)}), timeout=10)
+        return next(j for j in get_json(url)["jobs"] if j["id"] == job["id"])
+
+    done = wait_until(one_more, lambda j: j["state"] != "recording", 60, "profile stopped by its memory cap")
+    assert done["state"] == "stopped" and "profile_max_bytes" in done["stopped_because"], done
+    assert done["seen"] < 1000, done
