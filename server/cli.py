@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--profile-max-requests", type=int, help="cap on one profile's requests (default 10000)")
     a("--profile-max-s", type=float, help="a profile stops after this long (default 60 s)")
     a("--profile-max-bytes", type=int, help="a profile stops at this RSS growth (default 256 MiB)")
-    a("--grpc-max-concurrent-streams", type=int, help="RPCs at once per connection (default 1024)")
+    a("--grpc-max-concurrent-streams", type=int, help="RPCs at once per connection (default 4096)")
     a("--grpc-max-connection-idle-s", type=float, help="close idle connections (default 300 s)")
     a("--grpc-max-connection-age-s", type=float, help="close older connections (default 0 = never)")
     a("--grpc-max-connection-age-grace-s", type=float, help="RPCs' time after max age (default 30 s)")

@@ -132,9 +132,11 @@ class ServerSettings(BaseSettings):
     """A profile stops once the server's RSS grew this much since it started
     (the profiler's event buffers live in memory until the trace is written)."""
 
-    grpc_max_concurrent_streams: int = Field(1024, ge=1)
+    grpc_max_concurrent_streams: int = Field(4096, ge=1)
     """HTTP/2 streams (RPCs) one connection may have open at once; a client
-    opening more waits on its side for a stream to end."""
+    opening more waits on its side for a stream to end. Above the users one
+    Locust worker process runs (they share a connection), so a load test is
+    never queued on the client without seeing it."""
 
     grpc_max_connection_idle_s: float = Field(300.0, ge=0)
     """A connection without RPCs for this long is closed with GOAWAY (0: never)."""
@@ -155,7 +157,8 @@ class ServerSettings(BaseSettings):
     interval above): idle Locust users keep their connections."""
 
     grpc_max_metadata_bytes: int = Field(16 * 1024, ge=1024)
-    """Largest request metadata (headers) accepted; larger is refused by gRPC."""
+    """Request metadata (headers) always accepted up to this size; gRPC refuses
+    larger with RESOURCE_EXHAUSTED, at random up to 1.25 x and always beyond."""
 
     grace_s: float = Field(30.0, ge=0)
     """After SIGTERM: seconds in-flight requests get to finish before exit."""
