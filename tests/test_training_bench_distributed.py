@@ -61,3 +61,4 @@ def test_scaling_efficiency_against_one_process(tmp_path: Path) -> None:
     assert sc["efficiency"] == pytest.approx(sc["samples_per_s"] / (2 * sc["one_process_samples_per_s"]))
     assert sc["efficiency"] > 0
     assert "scaling: 2 processes, efficiency" in proc.stdout
+    assert proc.returncode == s["exit_code"] == 4  # the verdict's code, not torchrun's
