@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from loadtest import slo
+from loadtest import slo, trust
 from loadtest.provenance import collect
 from loadtest.results import (
     EXIT_INVALID,
@@ -37,7 +37,9 @@ def build(run: Run) -> Summary:
     duration = max(ended - run.started, 1e-9)
     merged = run.merged()
     phases = phase_summary(run, merged)
-    total = totals(merged, _measured_duration(phases, duration))
+    measured_s = _measured_duration(phases, duration)
+    total = totals(merged, measured_s, run.plan["validity"]["percentile_confidence"])
+    trust.total_goodput(total, phases, measured_s)
     memory = memory_summary(run.watch, run.plan, run.started)
     generator = generator_summary(run.plan, merged, run.lost_workers, run.started)
     merged.release()
@@ -57,6 +59,9 @@ def build(run: Run) -> Summary:
         reg = slo.regression_checks(plan, total, base.totals)
         checks += reg
         baseline = Baseline(str(opts.baseline), base.run_id, base.totals, reg)
+    # A percentile an SLO reads, with too few samples to bound it, cannot back a verdict.
+    generator.invalid_reasons += trust.undersampled(plan, phases, total, baseline is not None)
+    generator.valid = not generator.invalid_reasons
     if not generator.valid:
         verdict, code = "INVALID", EXIT_INVALID
     elif all(c.passed for c in checks):

@@ -61,7 +61,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "errors": {"max_error_ratio": 0.0, "max_dropped_ratio": 0.0},
     "regression": {"max_p99_increase": 0.10, "max_throughput_decrease": 0.10},
-    "validity": {"max_cpu_percent": 90.0, "max_saturated_fraction": 0.10, "max_late_fraction": 0.01},
+    "validity": {
+        "max_cpu_percent": 90.0,
+        "max_saturated_fraction": 0.10,
+        "max_late_fraction": 0.01,
+        # Percentile confidence intervals, and the sample count an SLO's percentile needs (loadtest.stats).
+        "percentile_confidence": 0.99,
+    },
+    # A request is "good" when it succeeds within latency_ms (None: the p99 threshold of its phase's SLO).
+    "goodput": {"latency_ms": None},
 }
 TEMPLATE_PARTS = ("latency", "throughput", "batch", "memory", "concurrency")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from loadtest import svg
+from loadtest import svg, trust
 from loadtest.advice import bottlenecks, suggestions
-from loadtest.results import Summary
+from loadtest.results import Latency, PhaseResult, Summary
 from loadtest.series import Point, read_points
 
 
@@ -51,20 +51,56 @@ def slo_table(s: Summary) -> list[str]:
     return rows
 
 
+def _pct(lat: Latency | None, key: str) -> str:
+    """A percentile, or why it cannot be given (loadtest.trust)."""
+    return trust.shown(lat, key) or _ms(lat.at(key) if lat else None)
+
+
 def phase_table(s: Summary) -> list[str]:
     rows = [
-        "| Phase | Users | Batch | Requests | Failures | Req/s | Samples/s | p50 ms | p95 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Phase | Users | Batch | Requests | Failures | Req/s | Goodput/s | Samples/s | p50 ms | p95 ms "
+        "| p99 ms | max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ph in s.phases:
         lat = ph.latency_ms
         rows.append(
             f"| {ph.name} | {ph.users}{' @ ' + format(ph.rate, 'g') + '/s' if ph.rate else ''} | "
             f"{ph.batch_size} | {ph.requests} | {ph.failures} | "
-            f"{ph.rps:.1f} | {ph.samples_per_s:.1f} | {_ms(lat.p50 if lat else None)} | "
-            f"{_ms(lat.p95 if lat else None)} | {_ms(lat.p99 if lat else None)} | "
-            f"{_ms(lat.max if lat else None)} |"
+            f"{ph.rps:.1f} | {_goodput(ph)} | {ph.samples_per_s:.1f} | {_pct(lat, 'p50')} | "
+            f"{_pct(lat, 'p95')} | {_pct(lat, 'p99')} | {_ms(lat.max if lat else None)} |"
         )
+    return rows
+
+
+def _goodput(ph: PhaseResult) -> str:
+    if ph.goodput_latency_ms is None:
+        return f"{ph.goodput_rps:.1f}"
+    return f"{ph.goodput_rps:.1f} (<= {ph.goodput_latency_ms:g} ms)"
+
+
+def confidence_table(s: Summary) -> list[str]:
+    """Every percentile with its sample count and distribution-free interval."""
+    rows: list[str] = []
+    for name, lat in [(ph.name, ph.latency_ms) for ph in s.phases] + [("all", s.totals.latency_ms)]:
+        if lat is None or not lat.ci:
+            continue
+        if not rows:
+            rows = [
+                f"Intervals at {lat.confidence:.0%} confidence from order statistics (no assumption about "
+                "the distribution); a percentile needs the samples shown to be bounded at all.",
+                "",
+                "| Phase | Percentile | Value ms | Interval ms | Samples |",
+                "|---|---|---|---|---|",
+            ]
+        for key, b in lat.ci.items():
+            if not b.enough:
+                value, interval = f"not enough samples ({b.n} of {b.needed})", "—"
+            else:
+                value = _ms(lat.at(key))
+                hi = "unbounded" if b.high is None else _ms(b.high)
+                interval = f"{_ms(b.low)} … {hi}"
+            rows.append(f"| {name} | {key} | {value} | {interval} | {b.n} (needs {b.needed}) |")
     return rows
 
 
@@ -114,6 +150,13 @@ def markdown(s: Summary) -> str:
     lines += ["## Test environment", "", *environment_lines(s), ""]
     lines += ["## Results", "", *slo_table(s), ""]
     lines += ["## Phases", "", *phase_table(s), ""]
+    lines += [
+        f"Goodput over the run: {s.totals.goodput_rps:.1f} requests/s met the latency SLO "
+        f"(of {s.totals.rps:.1f}/s that succeeded)",
+        "",
+    ]
+    conf = confidence_table(s)
+    lines += ["## Percentile confidence", "", *conf, ""] if conf else []
     lines += _capacity(s)
     lines += ["## Bottleneck analysis", "", *[f"- {b}" for b in bottlenecks(s)], ""]
     lines += ["## Optimisation suggestions", "", *[f"- {x}" for x in suggestions(s)], ""]

@@ -15,7 +15,7 @@ from typing import Any
 
 from loadtest.codec import SchemaError, from_json, to_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: percentile confidence intervals, goodput
 EXIT_PASS, EXIT_SETUP, EXIT_SLO, EXIT_INVALID = 0, 2, 3, 4
 
 
@@ -85,6 +85,17 @@ class Provenance:
 
 
 @dataclass
+class Bound:
+    """A percentile's distribution-free confidence interval (loadtest.stats), ms."""
+
+    n: int  # samples behind it
+    needed: int  # the fewest samples that bound this percentile at the confidence
+    low: float | None  # None: unbounded at this confidence
+    high: float | None
+    enough: bool
+
+
+@dataclass
 class Latency:
     """Milliseconds, from the merged HDR histograms (µs resolution)."""
 
@@ -96,6 +107,10 @@ class Latency:
     min: float
     max: float
     mean: float
+    count: int = 0
+    confidence: float = 0.0
+    # By the plan's names ("p50" ... "p99.9"): the interval at `confidence`.
+    ci: dict[str, Bound] = field(default_factory=dict)
 
     def at(self, key: str) -> float | None:
         """By the name a plan uses: p50 ... p99.9, min, max, mean."""
@@ -140,6 +155,10 @@ class PhaseResult:
     samples_per_s: float = 0.0
     latency_ms: Latency | None = None
     server_breakdown: PhaseBreakdown | None = None
+    # Successful requests within the goodput threshold, and their rate.
+    good_requests: int = 0
+    goodput_rps: float = 0.0
+    goodput_latency_ms: float | None = None
 
 
 @dataclass
@@ -151,6 +170,7 @@ class Totals:
     latency_ms: Latency | None
     rps: float
     samples_per_s: float
+    goodput_rps: float = 0.0
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from loadtest import trust
 from loadtest.openloop import LATE_AFTER_S
 from loadtest.plan import Plan
 from loadtest.recorder import PHASES, Merged, NameStats, drop, new_hist
@@ -25,6 +26,7 @@ from loadtest.results import (
     Totals,
     WorkerCpu,
 )
+from loadtest.stats import CONFIDENCE
 from server.leak import LeakSettings, LeakVerdict, detect_leak
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from loadtest.server_watch import ServerWatch
 
 
-def latency_ms(st: NameStats) -> Latency | None:
+def latency_ms(st: NameStats, confidence: float = CONFIDENCE) -> Latency | None:
     h = st.latency
     if not h.get_total_count():
         return None
@@ -49,6 +51,9 @@ def latency_ms(st: NameStats) -> Latency | None:
         min=h.get_min_value() / 1000.0,
         max=h.get_max_value() / 1000.0,
         mean=h.get_mean_value() / 1000.0,
+        count=int(h.get_total_count()),
+        confidence=confidence,
+        ci=trust.bounds(h, confidence),
     )
 
 
@@ -99,7 +104,10 @@ def phase_summary(run: Run, merged: Merged) -> list[PhaseResult]:
         entry.samples = st.samples
         entry.rps = ok / span
         entry.samples_per_s = st.samples / span
-        entry.latency_ms = latency_ms(st)
+        entry.latency_ms = latency_ms(st, run.plan["validity"]["percentile_confidence"])
+        entry.goodput_latency_ms = trust.goodput_threshold_ms(run.plan, ph.kind)
+        entry.good_requests = trust.good_count(st.latency, entry.goodput_latency_ms)
+        entry.goodput_rps = entry.good_requests / span
         entry.server_breakdown = server_breakdown(st)
     return out
 
@@ -191,7 +199,7 @@ def generator_summary(
     return Generator(workers, sorted(lost_workers), openloop, not reasons, reasons)
 
 
-def totals(merged: Merged, duration: float) -> Totals:
+def totals(merged: Merged, duration: float, confidence: float = CONFIDENCE) -> Totals:
     all_lat = new_hist()
     statuses: dict[str, int] = {}
     samples = 0
@@ -204,7 +212,7 @@ def totals(merged: Merged, duration: float) -> Totals:
             statuses[k] = statuses.get(k, 0) + n
     requests = sum(statuses.values())
     failures = requests - statuses.get("OK", 0)
-    latency = latency_ms(NameStats(latency=all_lat))
+    latency = latency_ms(NameStats(latency=all_lat), confidence)
     drop(all_lat)
     return Totals(
         requests=requests,
