@@ -19,6 +19,7 @@ from loadtest.results import (
     EXIT_SLO,
     Baseline,
     Breakdown,
+    OpenLoop,
     PhaseResult,
     Provenance,
     Summary,
@@ -46,7 +47,9 @@ def build(run: Run) -> Summary:
     kinds = {p.kind for p in phases}
     plan = run.plan
     stress = slo.stress_analysis(plan, phases) if "stress" in kinds else None
+    open_loop_rates(generator.openloop, phases)
     checks = slo.error_checks(plan, total, generator.openloop)
+    checks += slo.sustained_checks(plan, generator.openloop)
     checks += slo.latency_checks(plan, phases) + slo.throughput_checks(plan, phases)
     checks += slo.batch_checks(plan, phases) + slo.memory_checks(plan, kinds, memory)
     checks += slo.soak_latency_checks(plan, phases) + slo.concurrency_checks(plan, phases)
@@ -101,6 +104,20 @@ def build(run: Run) -> Summary:
         verdict=verdict,
         exit_code=code,
     )
+
+
+def open_loop_rates(ol: OpenLoop, phases: list[PhaseResult]) -> None:
+    """Offered: sends scheduled per second of the open-loop phases. Sustained:
+    successful answers per second from the first answer to the last (the drain
+    at the end included), warm-up sends counted."""
+    open_phases = [p for p in phases if p.rate > 0]
+    span = sum(p.ended_s - p.started_s for p in open_phases)
+    if not ol.scheduled or span <= 0:
+        return
+    ok = sum(p.requests - p.failures for p in open_phases)
+    answering = sum((p.requests - p.failures) / p.rps for p in open_phases if p.rps > 0)
+    ol.offered_rps = ol.scheduled / span
+    ol.sustained_rps = (ok + ol.warmup) / answering if answering > 0 else 0.0
 
 
 def _measured_duration(phases: list[PhaseResult], fallback: float) -> float:

@@ -10,6 +10,14 @@ take tickets as they become free. A ticket that finds every slot busy waits
 itself wakes up later than scheduled (the generator is short of CPU) counts the
 send as late: late sends make the run invalid, because then the generator, not
 the server, set the pace.
+
+Every scheduled send ends one of three ways, so that
+`scheduled == measured + dropped + unfinished` holds: measured (a response or an
+error came back), dropped (the pending queue was full), or unfinished (still
+waiting for a user, or still in flight, when the run stopped). At the end the
+schedule closes first (nothing is scheduled after it), the users get
+`DRAIN_S` to finish what is queued and in flight, and what is left counts as
+unfinished with its waiting time so far as a lower bound of its latency.
 """
 
 from __future__ import annotations
@@ -20,12 +28,17 @@ import time
 import gevent
 from gevent.queue import Empty, Queue
 
-from loadtest.recorder import Recorder
+from loadtest.recorder import UNFINISHED, Recorder
+
+__all__ = ["DRAIN_S", "LATE_AFTER_S", "UNFINISHED", "Dispatcher"]
 
 # A dispatcher this far behind its schedule counts the send as late: well above
 # the event loop's jitter under load (a few ms), well below a stall that would
 # change the offered load.
 LATE_AFTER_S = 0.050
+# How long the users may finish queued and in-flight sends once the schedule has
+# closed: enough for a server that keeps up, short enough not to stretch the run.
+DRAIN_S = 2.0
 
 
 class Dispatcher:
@@ -37,23 +50,40 @@ class Dispatcher:
         self.rate = 0.0  # requests/s for this process
         self._rng = random.Random(seed)
         self._greenlet: gevent.Greenlet | None = None
+        self.in_flight = 0  # tickets taken by users whose send has not ended
+        self.closed = False
 
     def set_rate(self, rate: float) -> None:
         self.rate = max(0.0, rate)
 
     def start(self) -> None:
-        if self._greenlet is None or self._greenlet.dead:
+        if not self.closed and (self._greenlet is None or self._greenlet.dead):
             self._greenlet = gevent.spawn(self._run)
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """The schedule ends now: nothing more is scheduled."""
+        self.closed = True
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
+
+    def drain(self, timeout_s: float = DRAIN_S) -> None:
+        """Close the schedule and let the users finish what is queued and in
+        flight, for at most `timeout_s`."""
+        self.close()
+        end = time.monotonic() + timeout_s
+        while (self.tickets.qsize() or self.in_flight) and time.monotonic() < end:
+            gevent.sleep(0.02)
+
+    def stop(self) -> list[float]:
+        """Close the schedule; the tickets no user took (their scheduled times)."""
+        self.close()
+        left = []
         while True:
             try:
-                self.tickets.get_nowait()
+                left.append(self.tickets.get_nowait())
             except Empty:
-                break
+                return left
 
     def _gap(self) -> float:
         if self.arrival == "poisson":
@@ -94,8 +124,16 @@ class Dispatcher:
             self.tickets.put(next_at)
 
     def take(self, timeout: float = 0.5) -> float | None:
-        """A user's next scheduled send time (time.monotonic), or None."""
+        """A user's next scheduled send time (time.monotonic), or None. The
+        user reports the send's end with `ended`."""
         try:
-            return self.tickets.get(timeout=timeout)
+            ticket = self.tickets.get(timeout=timeout)
         except Empty:
             return None
+        self.in_flight += 1
+        return ticket
+
+    def ended(self, outcome: str) -> None:
+        """A taken ticket's send ended: "measured" or "unfinished"."""
+        self.in_flight -= 1
+        self.recorder.count_openloop(outcome)

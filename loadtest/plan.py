@@ -59,7 +59,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "p99_ms": None,
         "recovery_factor": 1.5,
     },
-    "errors": {"max_error_ratio": 0.0, "max_dropped_ratio": 0.0},
+    # min_sustained_ratio: open loop, successful answers/s over offered sends/s.
+    "errors": {"max_error_ratio": 0.0, "max_dropped_ratio": 0.0, "min_sustained_ratio": 0.95},
     "regression": {"max_p99_increase": 0.10, "max_throughput_decrease": 0.10},
     "validity": {
         "max_cpu_percent": 90.0,

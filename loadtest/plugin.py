@@ -16,6 +16,7 @@ from locust import events
 from loadtest import plan as plans
 from loadtest import slo
 from loadtest.finish import finish
+from loadtest.openloop import DRAIN_S
 from loadtest.options import Options, add_arguments
 from loadtest.recorder import Snapshot
 from loadtest.results import EXIT_PASS, EXIT_SETUP
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 FLUSH_MESSAGE = "modelsoak_flush"
 FINAL_MESSAGE = "modelsoak_final"
 # How long the master waits for the workers' final measurements at the end of a run.
-FLUSH_TIMEOUT_S = 3.0
+FLUSH_TIMEOUT_S = 3.0 + DRAIN_S
 
 log = logging.getLogger("modelsoak.loadgen")
 
@@ -98,8 +99,18 @@ def _snapshot(run: Run | None) -> str:
 
 
 def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
-    assert environment.runner is not None
-    environment.runner.send_message(FINAL_MESSAGE, {"modelsoak": _snapshot(runs(environment).latest())})
+    # The worker may still be draining its open-loop sends: answer once they are settled.
+    gevent.spawn(_answer_flush, environment)
+
+
+def _answer_flush(environment: Environment) -> None:
+    runner = environment.runner
+    assert runner is not None
+    run = runs(environment).latest()
+    end = time.monotonic() + DRAIN_S + 1.0
+    while run is not None and not run.stopped and time.monotonic() < end:
+        gevent.sleep(0.05)
+    runner.send_message(FINAL_MESSAGE, {"modelsoak": _snapshot(runs(environment).latest())})
 
 
 # -- the master ----------------------------------------------------------------------------
@@ -142,6 +153,18 @@ def _test_start(environment: Environment, **_: Any) -> None:
     if slot.current is None or slot.current.stopped:
         slot.current = Run(environment, "worker")
     slot.current.start_sending(Options.from_parsed(environment.parsed_options, environment.host))
+
+
+def _test_stopping(environment: Environment, **_: Any) -> None:
+    """Before Locust stops the users: close the open-loop schedule and let
+    queued and in-flight sends finish (what is left is unfinished)."""
+    run = runs(environment).current
+    if run is None:
+        return
+    if run.role != "worker":
+        run.end()  # the run ends when its schedule closes; the drain only settles it
+    if run.dispatcher is not None:
+        run.dispatcher.drain(DRAIN_S)
 
 
 def _test_stop(environment: Environment, **_: Any) -> None:
@@ -262,5 +285,6 @@ def _advance(run: Run) -> bool:
 _listen(events.init_command_line_parser, _parser)
 _listen(events.init, _init)
 _listen(events.test_start, _test_start)
+_listen(events.test_stopping, _test_stopping)
 _listen(events.test_stop, _test_stop)
 _listen(events.quitting, _quitting)

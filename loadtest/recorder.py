@@ -68,6 +68,12 @@ def decode_into(target: HdrHistogram, encoded: str) -> None:
         drop(other)
 
 
+# The status of an open-loop send still queued or in flight when the run stopped,
+# and the open-loop counter of the shortest such wait (µs).
+UNFINISHED = "UNFINISHED"
+UNFINISHED_MIN_US = "unfinished_min_us"
+
+
 @dataclass
 class NameStats:
     """Everything recorded under one request name (a scenario phase)."""
@@ -124,6 +130,14 @@ class Recorder:
                 st = self.names[name] = NameStats(first_s=now)
             st.last_s = now
             st.statuses[status] += 1
+            if status == UNFINISHED:
+                # Its wait so far enters the latency statistics as a lower bound
+                # (the survivors alone would flatter the percentiles).
+                st.pending.append(latency_ns)
+                us = max(latency_ns // 1000, 1)
+                low = self.openloop.get(UNFINISHED_MIN_US, 0)
+                self.openloop[UNFINISHED_MIN_US] = min(low, us) if low else us
+                return
             if status != "OK":
                 return
             st.pending.append(latency_ns)
@@ -333,8 +347,12 @@ def merge(snapshots: dict[str, Snapshot]) -> Merged:
     for worker, snap in snapshots.items():
         ol = dict(snap.openloop)
         behind = ol.pop("max_behind_us", 0)
+        low = ol.pop(UNFINISHED_MIN_US, 0)
         openloop.update(ol)
         openloop["max_behind_us"] = max(openloop.get("max_behind_us", 0), behind)
+        if low:
+            seen = openloop.get(UNFINISHED_MIN_US, 0)
+            openloop[UNFINISHED_MIN_US] = min(seen, low) if seen else low
         cpu[worker] = CpuStats.from_snapshot(snap.cpu)
         for name, d in snap.names.items():
             st = names[name]

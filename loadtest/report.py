@@ -129,9 +129,18 @@ def _generator(s: Summary) -> list[str]:
     ol = g.openloop
     if ol.scheduled:
         lines.append(
-            f"- Open loop: {ol.scheduled} sends scheduled, {ol.late} dispatched late, "
-            f"{ol.dropped} dropped; the dispatcher trailed its schedule by "
+            f"- Open loop: {ol.scheduled} sends scheduled = {ol.measured} measured + {ol.dropped} dropped + "
+            f"{ol.unfinished} unfinished at stop ({ol.warmup} of the measured were warm-up); "
+            f"{ol.late} dispatched late; the dispatcher trailed its schedule by "
             f"{ol.max_behind_ms:.1f} ms at worst"
+        )
+        short = " — the server did not keep up" if ol.sustained_rps < 0.95 * ol.offered_rps else ""
+        lines.append(f"- Sustained {ol.sustained_rps:.0f}/s of {ol.offered_rps:.0f}/s offered{short}")
+    lat = s.totals.latency_ms
+    if lat is not None and lat.lower_bounds:
+        lines.append(
+            f"- Lower bounds: {', '.join(lat.lower_bounds)} — sends unfinished at stop entered with "
+            "their wait so far; the true values are at least these"
         )
     if g.lost_workers:
         lines.append(f"- Lost workers: {', '.join(g.lost_workers)}")

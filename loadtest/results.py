@@ -15,7 +15,7 @@ from typing import Any
 
 from loadtest.codec import SchemaError, from_json, to_json
 
-SCHEMA_VERSION = 2  # 2: percentile confidence intervals, goodput
+SCHEMA_VERSION = 2  # 2: percentile confidence intervals, goodput, open-loop accounting, lower bounds
 EXIT_PASS, EXIT_SETUP, EXIT_SLO, EXIT_INVALID = 0, 2, 3, 4
 
 
@@ -111,6 +111,9 @@ class Latency:
     confidence: float = 0.0
     # By the plan's names ("p50" ... "p99.9"): the interval at `confidence`.
     ci: dict[str, Bound] = field(default_factory=dict)
+    # Percentiles (by name: p50 ... p99.9, max) that are lower bounds: sends
+    # unfinished at stop entered with their wait so far, which may sit below them.
+    lower_bounds: list[str] = field(default_factory=list)
 
     def at(self, key: str) -> float | None:
         """By the name a plan uses: p50 ... p99.9, min, max, mean."""
@@ -253,11 +256,20 @@ class WorkerCpu:
 
 @dataclass
 class OpenLoop:
+    """Every scheduled send ends measured, dropped or unfinished:
+    `scheduled == measured + dropped + unfinished` (`accounted` says it held)."""
+
     scheduled: int
     late: int
     dropped: int
     late_fraction: float
     max_behind_ms: float
+    measured: int = 0  # an answer or an error came back (warm-up sends included)
+    unfinished: int = 0  # queued or in flight when the run stopped
+    warmup: int = 0  # measured, but excluded from the statistics
+    accounted: bool = True
+    offered_rps: float = 0.0  # scheduled sends per second of the schedule
+    sustained_rps: float = 0.0  # successful answers per second while answering
 
 
 @dataclass

@@ -30,7 +30,7 @@ import psutil
 from loadtest.openloop import Dispatcher
 from loadtest.options import Options
 from loadtest.plan import Phase, Plan, load_plan, phases_for
-from loadtest.recorder import Merged, Recorder, Snapshot, decode_into, drop, merge, new_hist
+from loadtest.recorder import UNFINISHED, Merged, Recorder, Snapshot, decode_into, drop, merge, new_hist
 from loadtest.results import TargetInfo
 from loadtest.series import Point, SeriesWriter
 from loadtest.server_watch import ServerWatch
@@ -326,10 +326,20 @@ class Run:
         """Users are gone: no more sends or CPU samples; what was measured stays."""
         self.stopped = True
         if self.dispatcher is not None:
-            self.dispatcher.stop()
+            self._unfinished(self.dispatcher.stop())
         if self._cpu is not None:
             self._cpu.kill(block=False)
             self._cpu = None
+
+    def _unfinished(self, tickets: list[float]) -> None:
+        """Sends no user took before the stop: unfinished, waiting since their scheduled time."""
+        if not tickets or self.phase is None:
+            return
+        now = time.monotonic()
+        for t in tickets:
+            wait_ns = int((now - t) * 1e9)
+            self.recorder.record(self.phase.name, wait_ns, UNFINISHED, self.phase.batch_size, 0, None)
+        self.recorder.count_openloop("unfinished", len(tickets))
 
     def first_setup_error(self) -> str:
         return self.setup_errors[0] if self.setup_errors else ""

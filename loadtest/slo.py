@@ -252,17 +252,40 @@ def error_checks(plan: Plan, totals: Totals, openloop: OpenLoop) -> list[Check]:
         )
     ]
     if openloop.scheduled:
-        ratio = openloop.dropped / openloop.scheduled
+        # Unfinished sends were never answered: they count as dropped here (and
+        # as failed requests in the error ratio).
+        lost = openloop.dropped + openloop.unfinished
+        ratio = lost / openloop.scheduled
         out.append(
             Check(
                 "dropped sends",
-                "open-loop sends dropped (all users busy, queue full)",
+                "open-loop sends dropped or unfinished at stop / scheduled",
                 f"<= {e['max_dropped_ratio']:.2%}",
-                f"{ratio:.2%}",
+                f"{ratio:.2%} ({openloop.dropped} dropped, {openloop.unfinished} unfinished "
+                f"of {openloop.scheduled})",
                 ratio <= e["max_dropped_ratio"],
             )
         )
     return out
+
+
+def sustained_checks(plan: Plan, openloop: OpenLoop) -> list[Check]:
+    """A server that answers fewer sends per second than were offered is
+    overloaded, whatever the other numbers say."""
+    if not openloop.scheduled or openloop.offered_rps <= 0:
+        return []
+    need = plan["errors"]["min_sustained_ratio"]
+    sustained, offered = openloop.sustained_rps, openloop.offered_rps
+    return [
+        Check(
+            "sustained rate",
+            "open-loop successful answers/s vs offered sends/s",
+            f">= {need:.0%} of offered",
+            f"sustained {sustained:.0f}/s of {offered:.0f}/s offered",
+            sustained >= need * offered,
+            f"{openloop.unfinished} unfinished at stop, {openloop.dropped} dropped",
+        )
+    ]
 
 
 def regression_checks(plan: Plan, totals: Totals, baseline: Totals) -> list[Check]:

@@ -12,7 +12,7 @@ import numpy as np
 from loadtest import trust
 from loadtest.openloop import LATE_AFTER_S
 from loadtest.plan import Plan
-from loadtest.recorder import PHASES, Merged, NameStats, drop, new_hist
+from loadtest.recorder import PHASES, UNFINISHED, UNFINISHED_MIN_US, Merged, NameStats, drop, new_hist
 from loadtest.results import (
     Generator,
     Latency,
@@ -55,6 +55,16 @@ def latency_ms(st: NameStats, confidence: float = CONFIDENCE) -> Latency | None:
         confidence=confidence,
         ci=trust.bounds(h, confidence),
     )
+
+
+def mark_lower_bounds(lat: Latency | None, unfinished: int, low_us: int) -> None:
+    """Name the percentiles an unfinished send's wait (at least `low_us`) may sit
+    below: their true value can only be higher."""
+    if lat is None or not unfinished:
+        return
+    low_ms = low_us / 1000.0
+    keys = ("p50", "p90", "p95", "p99", "p99.9", "max")
+    lat.lower_bounds = [k for k in keys if (v := lat.at(k)) is not None and v >= low_ms]
 
 
 def server_breakdown(st: NameStats) -> PhaseBreakdown | None:
@@ -105,6 +115,8 @@ def phase_summary(run: Run, merged: Merged) -> list[PhaseResult]:
         entry.rps = ok / span
         entry.samples_per_s = st.samples / span
         entry.latency_ms = latency_ms(st, run.plan["validity"]["percentile_confidence"])
+        low_us = merged.openloop.get(UNFINISHED_MIN_US, 0)
+        mark_lower_bounds(entry.latency_ms, st.statuses.get(UNFINISHED, 0), low_us)
         entry.goodput_latency_ms = trust.goodput_threshold_ms(run.plan, ph.kind)
         entry.good_requests = trust.good_count(st.latency, entry.goodput_latency_ms)
         entry.goodput_rps = entry.good_requests / span
@@ -178,6 +190,12 @@ def generator_summary(
             )
     ol = merged.openloop
     scheduled = ol.get("scheduled", 0) + ol.get("dropped", 0)
+    accounted = scheduled == ol.get("measured", 0) + ol.get("dropped", 0) + ol.get("unfinished", 0)
+    if not accounted:
+        reasons.append(
+            f"open-loop accounting does not add up: {scheduled} scheduled, {ol.get('measured', 0)} measured, "
+            f"{ol.get('dropped', 0)} dropped, {ol.get('unfinished', 0)} unfinished"
+        )
     late_fraction = ol.get("late", 0) / scheduled if scheduled else 0.0
     if late_fraction > v["max_late_fraction"]:
         reasons.append(
@@ -195,6 +213,10 @@ def generator_summary(
         dropped=ol.get("dropped", 0),
         late_fraction=late_fraction,
         max_behind_ms=ol.get("max_behind_us", 0) / 1000.0,
+        measured=ol.get("measured", 0),
+        unfinished=ol.get("unfinished", 0),
+        warmup=ol.get("warmup", 0),
+        accounted=accounted,
     )
     return Generator(workers, sorted(lost_workers), openloop, not reasons, reasons)
 
@@ -213,6 +235,7 @@ def totals(merged: Merged, duration: float, confidence: float = CONFIDENCE) -> T
     requests = sum(statuses.values())
     failures = requests - statuses.get("OK", 0)
     latency = latency_ms(NameStats(latency=all_lat), confidence)
+    mark_lower_bounds(latency, statuses.get(UNFINISHED, 0), merged.openloop.get(UNFINISHED_MIN_US, 0))
     drop(all_lat)
     return Totals(
         requests=requests,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from loadtest.openloop import UNFINISHED
 from loadtest.options import Options
 from loadtest.protocols import (
     GrpcError,
@@ -113,16 +114,31 @@ class Session:
                     log.error("cannot load-test %s: %s", self.opts.host, exc)
                 gevent.sleep(1.0)
                 return
-        scheduled = None
-        if phase.rate > 0 and run.dispatcher is not None:
-            scheduled = run.dispatcher.take()
+        dispatcher = run.dispatcher
+        if phase.rate > 0 and dispatcher is not None:
+            scheduled = dispatcher.take()
             if scheduled is None:
                 return
-        self._send(run, phase.name, phase.batch_size, scheduled)
+            outcome = "unfinished"
+            try:
+                self._send(run, phase.name, phase.batch_size, scheduled)
+                outcome = "measured"
+            except BaseException:
+                # Killed at the end of the run while waiting for the answer: an
+                # unfinished send, whose wait so far is a lower bound of its latency.
+                wait_ns = int((time.monotonic() - scheduled) * 1e9)
+                run.recorder.record(phase.name, wait_ns, UNFINISHED, phase.batch_size, 0, None)
+                raise
+            finally:
+                dispatcher.ended(outcome)
+            return
+        self._send(run, phase.name, phase.batch_size, None)
 
     def _send(self, run: Run, name: str, batch: int, scheduled: float | None) -> None:
         if self.total < self.opts.warmup_requests:
             name = "warmup"
+            if scheduled is not None:
+                run.recorder.count_openloop("warmup")  # measured, outside the statistics
         self.total += 1
         self.sent[name] += 1
         t0 = time.perf_counter_ns()
