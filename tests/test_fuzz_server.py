@@ -1,5 +1,6 @@
 """Property-based fuzzing of a real server process: KServe ModelInfer and ModelStreamInfer,
-TorchServe Predictions and the HTTP port, with arbitrary names, shapes, datatypes, sizes,
+TorchServe Predictions and the HTTP port (its /profile with profiling on, too), with
+arbitrary names, shapes, datatypes, sizes,
 parameters and byte strings.
 
 What is accepted: every request gets an answer with a status, and the status is one a
@@ -15,7 +16,9 @@ process stays up, and its RSS stays within a bound over the whole run.
 from __future__ import annotations
 
 import http.client
+import json
 from collections.abc import Callable, Iterator
+from urllib.parse import urlencode
 
 import grpc
 import psutil
@@ -27,7 +30,7 @@ from server.proto import grpc_service_pb2 as pb
 from server.proto import torchserve_pb2 as ts
 from server.proto import torchserve_pb2_grpc as ts_grpc
 from tests.conftest import ServerProcess
-from tests.server_support import model_stats
+from tests.server_support import get_json, model_stats
 
 ACCEPTED = {
     grpc.StatusCode.OK,
@@ -132,14 +135,18 @@ def fuzzed(start_module_server: Callable[..., ServerProcess], tmp_path_factory: 
         "  - {name: words, source: identity, params: {datatype: BYTES}}\n"
         "  - {name: mlp, source: mlp}\n"
     )
-    srv = start_module_server("--model", str(cfg), "--max-message-bytes", str(1 << 20))
+    # Profiling on (bounded to 1 s a job), so the fuzz reaches /profile's own parsing too.
+    srv = start_module_server("--model", str(cfg), "--max-message-bytes", str(1 << 20), "--allow-profiling",
+                              "--profile-max-s", "1", "--profile-dir", str(cfg.parent / "profiles"))  # fmt: skip
     rss = psutil.Process(srv.proc.pid)
     before = rss.memory_info().rss
     yield srv
     assert srv.proc.poll() is None, f"the server died under fuzzing:\n{srv.log()[-4000:]}"
     grown = rss.memory_info().rss - before
     outcomes = model_stats(srv.metrics_url, "identity")["outcomes"]
-    print(f"fuzzing: server RSS +{grown / MiB:.1f} MiB over the run; identity's outcomes {outcomes}")
+    jobs = len(get_json(srv.metrics_url + "/profile")["jobs"])
+    print(f"fuzzing: server RSS +{grown / MiB:.1f} MiB over the run; identity's outcomes {outcomes}; "
+          f"{jobs} profiles started")  # fmt: skip
     # The fuzz reached the model, both ways: answered and refused by validation.
     assert outcomes.get("OK", 0) > 0 and outcomes.get("INVALID_ARGUMENT", 0) > 0, outcomes
     assert grown < RSS_BOUND, f"server RSS grew {grown / MiB:.1f} MiB under fuzzing"
@@ -221,7 +228,9 @@ header_text = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_si
     method=st.sampled_from(["GET", "POST", "DELETE", "PUT", "HEAD", "PATCH", "OPTIONS"]),
     path=st.one_of(st.sampled_from(["/metrics", "/stats", "/profile", "/healthz", "/readyz", "/"]),
                    st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=60).map(lambda s: "/" + s)),
-    query=st.dictionaries(st.sampled_from(["model", "requests", "x", ""]), header_text, max_size=3),
+    query=st.dictionaries(st.sampled_from(["model", "requests", "x", ""]),
+                          st.one_of(st.sampled_from([*MODELS, "5", "0", "-1", "10001", "1e3"]), header_text),
+                          max_size=3),
     headers=st.dictionaries(st.sampled_from(["Authorization", "Accept", "X-Any", "Content-Type"]),
                             header_text, max_size=3),
     body=st.binary(max_size=2000),
@@ -239,3 +248,25 @@ def test_http_port_answers_every_request(
     finally:
         conn.close()
     assert resp.status < 500 or resp.status == 501, f"{resp.status} for {method} {target!r}"
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    method=st.sampled_from(["POST", "DELETE", "GET"]),
+    model=st.one_of(st.sampled_from(MODELS), header_text),
+    requests=st.one_of(st.integers(-5, 20_000).map(str), header_text),
+    token=st.one_of(st.none(), header_text),
+)
+def test_profile_endpoint_answers_every_request(
+    fuzzed: ServerProcess, method: str, model: str, requests: str, token: str | None
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", fuzzed.metrics_port, timeout=20)
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    try:
+        conn.request(method, f"/profile?{urlencode({'model': model, 'requests': requests})}", headers=headers)
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status in (200, 202, 400, 404, 409), (resp.status, body)
+    assert resp.status in (200, 202) or body["error"], body
