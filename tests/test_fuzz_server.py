@@ -1,7 +1,6 @@
 """Property-based fuzzing of a real server process: KServe ModelInfer and ModelStreamInfer,
 TorchServe Predictions and the HTTP port (its /profile with profiling on, too), with
-arbitrary names, shapes, datatypes, sizes,
-parameters and byte strings.
+arbitrary names, shapes, datatypes, sizes, parameters and byte strings.
 
 What is accepted: every request gets an answer with a status, and the status is one a
 client can act on: OK, or a refusal that names the request's fault or the server's state
