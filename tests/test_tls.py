@@ -144,6 +144,9 @@ def test_tls_serves_tritonclient_and_refuses_plaintext(start_server, pki: Pki) -
     assert "TLS, certificate" in server.log() and "plaintext is refused" in server.log()
 
     _refused_unavailable(grpc.insecure_channel(server.address))
+    # gRPC's own line for the refused plaintext handshake (TLS records expected, HTTP/2 seen).
+    wait_until(server.log, lambda t: "Handshake failed" in t and "WRONG_VERSION_NUMBER" in t, 30,
+               "gRPC handshake refusal log line")  # fmt: skip
 
     metrics = f"https://localhost:{server.metrics_port}/metrics"
     assert b"modelsoak" in _https(metrics, pki)
