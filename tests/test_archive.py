@@ -69,7 +69,7 @@ def test_model_store_served_over_kserve_and_torchserve(start_server, store: Path
     x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
     want = expected(x)
     for name in ("mlp_onnx", "mlp_ts"):
-        got = output_array(stub.ModelInfer(infer_request(name, {"INPUT0": x})))
+        got = np.asarray(output_array(stub.ModelInfer(infer_request(name, {"INPUT0": x}))))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
 
     ts_stub = ts_grpc.InferenceAPIsServiceStub(server.channel())
