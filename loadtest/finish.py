@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from loadtest import slices as slicing
 from loadtest import slo, trust
 from loadtest.provenance import collect
 from loadtest.results import (
@@ -65,6 +66,9 @@ def build(run: Run) -> Summary:
     # A percentile an SLO reads, with too few samples to bound it, cannot back a verdict.
     generator.invalid_reasons += trust.undersampled(plan, phases, total, baseline is not None)
     generator.valid = not generator.invalid_reasons
+    slices = run.slicer.finish(ended) if run.slicer is not None else []
+    drift = slicing.drift(plan, slices, {p.name: p.kind for p in phases})
+    checks += slicing.drift_checks(drift)
     if not generator.valid:
         verdict, code = "INVALID", EXIT_INVALID
     elif all(c.passed for c in checks):
@@ -103,6 +107,8 @@ def build(run: Run) -> Summary:
         baseline=baseline,
         verdict=verdict,
         exit_code=code,
+        slices=slices,
+        drift=drift,
     )
 
 
