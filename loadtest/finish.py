@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from loadtest import slices as slicing
 from loadtest import slo, trust
+from loadtest.plan import explicit_keys
 from loadtest.provenance import collect
 from loadtest.results import (
     EXIT_INVALID,
@@ -44,13 +44,16 @@ def build(run: Run) -> Summary:
     trust.total_goodput(total, phases, measured_s)
     memory = memory_summary(run.watch, run.plan, run.started)
     generator = generator_summary(run.plan, merged, run.lost_workers, run.started)
+    reach = slo.reachability_checks(merged.openloop, run.started, ended)
     merged.release()
     kinds = {p.kind for p in phases}
     plan = run.plan
     stress = slo.stress_analysis(plan, phases) if "stress" in kinds else None
     open_loop_rates(generator.openloop, phases)
     checks = slo.error_checks(plan, total, generator.openloop)
-    checks += slo.sustained_checks(plan, generator.openloop)
+    checks += slo.sustained_checks(plan, generator.openloop) + reach
+    if opts.scenario == "none":
+        checks += slo.plain_checks(plan, explicit_keys(opts.slo_file), phases)
     checks += slo.latency_checks(plan, phases) + slo.throughput_checks(plan, phases)
     checks += slo.batch_checks(plan, phases) + slo.memory_checks(plan, kinds, memory)
     checks += slo.soak_latency_checks(plan, phases) + slo.concurrency_checks(plan, phases)
@@ -66,10 +69,10 @@ def build(run: Run) -> Summary:
     # A percentile an SLO reads, with too few samples to bound it, cannot back a verdict.
     generator.invalid_reasons += trust.undersampled(plan, phases, total, baseline is not None)
     generator.valid = not generator.invalid_reasons
-    slices = run.slicer.finish(ended) if run.slicer is not None else []
-    drift = slicing.drift(plan, slices, {p.name: p.kind for p in phases})
-    checks += slicing.drift_checks(drift)
-    if not generator.valid:
+    if reach:
+        # The target went away: that is its failure, whatever the generator saw meanwhile.
+        verdict, code = "FAIL", EXIT_SLO
+    elif not generator.valid:
         verdict, code = "INVALID", EXIT_INVALID
     elif all(c.passed for c in checks):
         verdict, code = "PASS", EXIT_PASS
@@ -107,8 +110,6 @@ def build(run: Run) -> Summary:
         baseline=baseline,
         verdict=verdict,
         exit_code=code,
-        slices=slices,
-        drift=drift,
     )
 
 

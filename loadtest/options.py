@@ -153,13 +153,6 @@ def add_arguments(parser: Any) -> None:
         help="seconds between points of timeseries.jsonl (and server memory samples)",
     )
     a(
-        "--slice-s",
-        type=float,
-        default=10.0,
-        include_in_web_ui=False,
-        help="seconds per time slice: the summary and report carry each slice's throughput and percentiles",
-    )
-    a(
         "--latency-log",
         default="",
         include_in_web_ui=False,
@@ -195,6 +188,15 @@ def _add_tls_arguments(a: Any) -> None:
       help="grpcs: the name the server's certificate is for, when not the host dialled")  # fmt: skip
 
 
+def _at_least(get: Any, lows: dict[str, float]) -> None:
+    """Numeric options below their least sensible value, named as on the command line."""
+    for name, low in lows.items():
+        value = get(name)
+        if value is not None and float(value) < low:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} {value}: expected at least {low:g}")
+
+
 @dataclass(frozen=True)
 class Options:
     host: str
@@ -227,7 +229,6 @@ class Options:
     spawn_rate: float | None
     run_time: int | None
     tls: ClientTls = field(default_factory=ClientTls)
-    slice_s: float = 10.0
 
     @classmethod
     def from_parsed(cls, parsed: Any, host: str | None) -> Options:
@@ -241,13 +242,15 @@ class Options:
             raise ValueError(
                 f"--input-shape {shape!r}: expected dims joined by 'x', e.g. 3x224x224"
             ) from None
+        if dims is not None and min(dims) < 1:
+            raise ValueError(f"--input-shape {shape!r}: every dim must be at least 1, e.g. 3x224x224")
         batch = int(get("batch_size", 1) or 1)
         if batch < 1:
             raise ValueError(f"--batch-size {batch}: must be at least 1")
+        _at_least(get, {"arrival_rate": 0.0, "arrival_ramp_s": 0.0, "warmup_requests": 0, "max_pending": 1})
+        if get("request_timeout") is not None and float(get("request_timeout")) <= 0:
+            raise ValueError(f"--request-timeout {get('request_timeout')}: expected seconds > 0")
         scenario = get("scenario") or "none"
-        slice_s = float(get("slice_s", 10.0) or 0.0)
-        if slice_s <= 0:
-            raise ValueError(f"--slice-s {get('slice_s')!r}: expected a positive number of seconds")
         return cls(
             host=host or get("host") or "",
             protocol=get("protocol") or "kserve",
@@ -281,7 +284,6 @@ class Options:
             tls=ClientTls(
                 get("tls_ca") or "", get("tls_client_cert") or "", get("tls_client_key") or "", get("tls_server_name") or ""
             ),
-            slice_s=slice_s,
         )
 
     def as_record(self) -> dict[str, str | int | float | bool | None]:

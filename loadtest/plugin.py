@@ -20,7 +20,7 @@ from loadtest.openloop import DRAIN_S
 from loadtest.options import Options, add_arguments
 from loadtest.recorder import Snapshot
 from loadtest.results import EXIT_PASS, EXIT_SETUP
-from loadtest.run import PHASE_MESSAGE, PhaseMessage, Run, role_of, runs
+from loadtest.run import PHASE_MESSAGE, PhaseMessage, Run, checked_plan, role_of, runs
 from loadtest.summary import phase_summary
 
 if TYPE_CHECKING:
@@ -44,8 +44,22 @@ def _parser(parser: Any) -> None:
     add_arguments(parser)
 
 
+def _preflight(environment: Environment) -> None:
+    """Every option and the whole plan, checked before Locust starts any user:
+    a headless run with a bad one exits 2 at once, naming it."""
+    try:
+        checked_plan(Options.from_parsed(environment.parsed_options, environment.host))
+    except ValueError as exc:
+        log.error("cannot start the run: %s", exc)
+        print(f"\nmodelsoak: the run could not start: {exc}", flush=True)
+        raise SystemExit(EXIT_SETUP) from None
+
+
 def _init(environment: Environment, **_: Any) -> None:
     role = role_of(environment)
+    parsed = environment.parsed_options
+    if role != "worker" and parsed is not None and parsed.headless:
+        _preflight(environment)  # the web UI checks each run's options when it starts
     runner = environment.runner
     assert runner is not None
     if role == "worker":

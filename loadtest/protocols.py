@@ -34,6 +34,19 @@ class GrpcError(Exception):
         self.status = status
 
 
+# What gRPC says when the target does not take the connection (refused, reset,
+# gone): the target is unreachable, not answering with an error.
+_UNREACHABLE = ("failed to connect", "connection refused", "connection reset", "socket closed", "connect failed")
+
+
+def unreachable(err: GrpcError | None) -> bool:
+    """A call that failed because the target could not be reached at all."""
+    if err is None or err.status != "UNAVAILABLE":
+        return False
+    text = str(err).lower()
+    return any(s in text for s in _UNREACHABLE)
+
+
 class SetupError(RuntimeError):
     """The target or the options cannot make a load test (wrong host, unknown model ...)."""
 

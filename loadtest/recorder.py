@@ -72,6 +72,10 @@ def decode_into(target: HdrHistogram, encoded: str) -> None:
 # and the open-loop counter of the shortest such wait (µs).
 UNFINISHED = "UNFINISHED"
 UNFINISHED_MIN_US = "unfinished_min_us"
+# Calls the target did not take (connection refused, reset): count, first and last (epoch ms).
+UNREACHABLE = "unreachable"
+UNREACHABLE_FIRST_MS = "unreachable_first_ms"
+UNREACHABLE_LAST_MS = "unreachable_last_ms"
 
 
 @dataclass
@@ -182,6 +186,15 @@ class Recorder:
         us = int(seconds * 1e6)
         if us > self.openloop.get("max_behind_us", 0):
             self.openloop["max_behind_us"] = us
+
+    def note_unreachable(self, epoch_s: float) -> None:
+        """A call the target did not take: the outage's first and last (epoch ms) and count."""
+        ms = int(epoch_s * 1000)
+        with self._lock:
+            self.openloop[UNREACHABLE] += 1
+            first = self.openloop.get(UNREACHABLE_FIRST_MS, 0)
+            self.openloop[UNREACHABLE_FIRST_MS] = min(first, ms) if first else ms
+            self.openloop[UNREACHABLE_LAST_MS] = max(self.openloop.get(UNREACHABLE_LAST_MS, 0), ms)
 
     def add_cpu_sample(self, percent: float) -> None:
         with self._lock:
@@ -347,12 +360,15 @@ def merge(snapshots: dict[str, Snapshot]) -> Merged:
     for worker, snap in snapshots.items():
         ol = dict(snap.openloop)
         behind = ol.pop("max_behind_us", 0)
-        low = ol.pop(UNFINISHED_MIN_US, 0)
+        lows = {k: ol.pop(k, 0) for k in (UNFINISHED_MIN_US, UNREACHABLE_FIRST_MS)}
+        last = ol.pop(UNREACHABLE_LAST_MS, 0)
         openloop.update(ol)
         openloop["max_behind_us"] = max(openloop.get("max_behind_us", 0), behind)
-        if low:
-            seen = openloop.get(UNFINISHED_MIN_US, 0)
-            openloop[UNFINISHED_MIN_US] = min(seen, low) if seen else low
+        openloop[UNREACHABLE_LAST_MS] = max(openloop.get(UNREACHABLE_LAST_MS, 0), last)
+        for key, low in lows.items():  # the least non-zero value: 0 means none seen
+            if low:
+                seen = openloop.get(key, 0)
+                openloop[key] = min(seen, low) if seen else low
         cpu[worker] = CpuStats.from_snapshot(snap.cpu)
         for name, d in snap.names.items():
             st = names[name]

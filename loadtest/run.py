@@ -29,12 +29,12 @@ import psutil
 
 from loadtest.openloop import Dispatcher
 from loadtest.options import Options
-from loadtest.plan import Phase, Plan, load_plan, phases_for
+from loadtest.plan import Phase, Plan, explicit_keys, load_plan, phases_for
 from loadtest.recorder import UNFINISHED, Merged, Recorder, Snapshot, decode_into, drop, merge, new_hist
 from loadtest.results import TargetInfo
 from loadtest.series import Point, SeriesWriter
 from loadtest.server_watch import ServerWatch
-from loadtest.slices import Slicer
+from loadtest.slo import unjudgeable
 
 if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
@@ -87,6 +87,22 @@ class PhaseMessage:
             float(d.get("rate_now", 0.0)),  # type: ignore[arg-type]
             str(d.get("token", "")),
         )
+
+
+def checked_plan(opts: Options) -> Plan:
+    """The run's plan, with every threshold it sets judgeable by this run and
+    the baseline readable; ValueError (naming what is wrong) otherwise."""
+    plan = load_plan(opts.slo_file)
+    refused = unjudgeable(
+        explicit_keys(opts.slo_file), opts.scenario, bool(opts.server_metrics_url), opts.baseline is not None
+    )
+    if refused:
+        raise ValueError(f"--slo-file {opts.slo_file}: " + "; ".join(refused))
+    if opts.baseline is not None:
+        from loadtest.results import Summary
+
+        Summary.read(opts.baseline)  # a baseline it cannot compare with stops the run before it starts
+    return plan
 
 
 def role_of(environment: Environment) -> Role:
@@ -144,7 +160,6 @@ class Run:
         self.greenlets: list[gevent.Greenlet] = []
         self.series: SeriesWriter | None = None
         self.last_point = self.started
-        self.slicer: Slicer | None = None
 
     # -- the driving side ---------------------------------------------------------------
 
@@ -164,8 +179,6 @@ class Run:
             run.start_sending(run.options)
         assert run.results is not None
         interval = run.options.series_interval if run.options else 2.0
-        slice_s = run.options.slice_s if run.options else 10.0
-        run.slicer = Slicer(slice_s, run.started, run.plan["validity"]["percentile_confidence"])
         run.series = SeriesWriter(run.results / "timeseries.jsonl", interval, run.next_point)
         run.greenlets = [gevent.spawn(run.series.loop), gevent.spawn(run._broadcast_loop)]
         run.enter(0)
@@ -174,11 +187,7 @@ class Run:
     def _setup(self) -> None:
         opts = Options.from_parsed(self.environment.parsed_options, self.environment.host)
         self.options = opts
-        self.plan = load_plan(opts.slo_file)
-        if opts.baseline is not None:
-            from loadtest.results import Summary
-
-            Summary.read(opts.baseline)  # a baseline it cannot compare with stops the run before it starts
+        self.plan = checked_plan(opts)
         self.run_id = opts.new_run_id()
         self.results = opts.results_dir / self.run_id
         n, base = 1, self.run_id
@@ -290,8 +299,6 @@ class Run:
             point.server_memory = self.watch.poll() or None
         if self.lost_workers:
             point.lost_workers = sorted(self.lost_workers)
-        if self.slicer is not None:
-            self.slicer.add(window, now, point.phase)
         drop(window)
         return point
 

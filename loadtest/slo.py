@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 from loadtest.plan import Plan
+from loadtest.recorder import UNREACHABLE, UNREACHABLE_FIRST_MS, UNREACHABLE_LAST_MS
 from loadtest.results import Check, Knee, Memory, OpenLoop, PhaseResult, Stress, StressStep, Totals
+
+# The longest back-off between a user's refused calls (loadtest.user): a last
+# refusal closer than twice this to the end means the target never came back.
+BACKOFF_HINT_S = 2.0
 
 
 def _fmt_ms(x: float | None) -> str:
@@ -318,3 +324,95 @@ def regression_checks(plan: Plan, totals: Totals, baseline: Totals) -> list[Chec
             )
         )
     return out
+
+
+# The thresholds of a plan, by the scenario that judges them. Sections not listed
+# (errors, validity) are judged in every run; regression needs --baseline.
+THRESHOLDS: dict[str, tuple[str, ...]] = {
+    "latency": ("p50_ms", "p95_ms", "p99_ms"),
+    "throughput": ("min_samples_per_s",),
+    "batch": ("max_latency_ms",),
+    "memory": ("max_peak_bytes",),
+    "soak": ("p99_ms", "max_memory_bytes"),
+    "stress": ("p99_ms", "max_error_ratio"),
+    "spike": ("p99_ms", "recovery_factor"),
+}
+# A plain run (--scenario none) judges these sections on its own phases.
+PLAIN_SECTIONS = ("latency", "throughput")
+
+
+def unjudgeable(explicit: set[str], scenario: str, has_metrics: bool, has_baseline: bool) -> list[str]:
+    """The thresholds the SLO file sets that this run could not judge, each with
+    why and what would judge it (the run is refused before it starts)."""
+    out = []
+    for section, keys in THRESHOLDS.items():
+        for key in keys:
+            name = f"{section}.{key}"
+            if name not in explicit:
+                continue
+            if scenario == "none" and section not in PLAIN_SECTIONS:
+                out.append(f"{name} is judged only by --scenario {section}, not by a plain run (--scenario none)")
+            elif key in ("max_peak_bytes", "max_memory_bytes") and not has_metrics:
+                out.append(f"{name} needs the server's memory: give --server-metrics-url")
+    if not has_baseline:
+        out += [
+            f"{name} needs --baseline (a summary.json to compare with)"
+            for name in sorted(explicit)
+            if name.startswith("regression.")
+        ]
+    return out
+
+
+def plain_checks(plan: Plan, explicit: set[str], phases: list[PhaseResult]) -> list[Check]:
+    """A plain run's phases judged on the latency and throughput thresholds the
+    SLO file sets (the defaults belong to the template's scenarios)."""
+    out = []
+    for ph in _by_kind(phases, "none"):
+        for q in ("p50", "p95", "p99"):
+            target = plan["latency"][f"{q}_ms"]
+            if f"latency.{q}_ms" not in explicit or target is None:
+                continue
+            actual = _lat(ph, q)
+            out.append(
+                Check(
+                    f"latency {q}",
+                    f"{q} latency of {ph.name}, warm-up excluded",
+                    f"< {target:g} ms",
+                    _fmt_ms(actual),
+                    actual is not None and actual < target,
+                )
+            )
+        if "throughput.min_samples_per_s" in explicit:
+            target = plan["throughput"]["min_samples_per_s"]
+            out.append(
+                Check(
+                    f"throughput {ph.name}",
+                    f"samples/s of {ph.name} ({ph.users} users)",
+                    f">= {target:g}/s",
+                    f"{ph.samples_per_s:.1f}/s",
+                    ph.samples_per_s >= target,
+                )
+            )
+    return out
+
+
+def reachability_checks(openloop: Mapping[str, int], started: float, ended: float) -> list[Check]:
+    """A failed check when some calls found the target unreachable (refused,
+    reset): from when, for how long, how many."""
+    n = openloop.get(UNREACHABLE, 0)
+    if not n:
+        return []
+    first = openloop.get(UNREACHABLE_FIRST_MS, 0) / 1000.0
+    last = openloop.get(UNREACHABLE_LAST_MS, 0) / 1000.0
+    # Unreachable until the end when the last refusal came in the run's final seconds.
+    until = ended if ended - last < 2 * BACKOFF_HINT_S else last
+    return [
+        Check(
+            "target reachable",
+            "calls the target did not take (connection refused or reset)",
+            "none",
+            f"target unreachable from t={first - started:.1f} s for {max(until - first, 0.0):.1f} s, "
+            f"{n} requests failed",
+            False,
+        )
+    ]

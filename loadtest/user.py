@@ -4,6 +4,7 @@ phase's request (back to back, or at the open-loop schedule), and record it."""
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from loadtest.protocols import (
     Target,
     TorchServeClient,
     random_inputs,
+    unreachable,
 )
 from loadtest.results import InputInfo, TargetInfo
 from loadtest.run import Run, runs
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from locust.env import Environment
 
 log = logging.getLogger("modelsoak.loadgen")
+# Back-off while the target refuses connections: 50 ms doubling to 2 s, jittered.
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 2.0
 
 
 def resolve_target(run: Run, opts: Options, batch: int) -> Target:
@@ -83,6 +88,7 @@ class Session:
         self.prepared_for: tuple[Run, int] | None = None
         self.sent: Counter[str] = Counter()
         self.total = 0
+        self.refusals = 0  # calls in a row the target did not take
 
     def close(self) -> None:
         self.client.close()
@@ -121,7 +127,7 @@ class Session:
                 return
             outcome = "unfinished"
             try:
-                self._send(run, phase.name, phase.batch_size, scheduled)
+                err = self._send(run, phase.name, phase.batch_size, scheduled)
                 outcome = "measured"
             except BaseException:
                 # Killed at the end of the run while waiting for the answer: an
@@ -131,10 +137,23 @@ class Session:
                 raise
             finally:
                 dispatcher.ended(outcome)
-            return
-        self._send(run, phase.name, phase.batch_size, None)
+        else:
+            err = self._send(run, phase.name, phase.batch_size, None)
+        self._back_off(run, err)
 
-    def _send(self, run: Run, name: str, batch: int, scheduled: float | None) -> None:
+    def _back_off(self, run: Run, err: GrpcError | None) -> None:
+        """While the target refuses connections, wait before the next send:
+        capped, jittered exponential, so a dead target is not hammered and the
+        generator's CPU stays free to measure."""
+        if not unreachable(err):
+            self.refusals = 0
+            return
+        run.recorder.note_unreachable(time.time())
+        self.refusals += 1
+        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(self.refusals - 1, 16))
+        gevent.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _send(self, run: Run, name: str, batch: int, scheduled: float | None) -> GrpcError | None:
         if self.total < self.opts.warmup_requests:
             name = "warmup"
             if scheduled is not None:
@@ -142,7 +161,7 @@ class Session:
         self.total += 1
         self.sent[name] += 1
         t0 = time.perf_counter_ns()
-        exc: Exception | None = None
+        exc: GrpcError | None = None
         try:
             size, server = self.client.infer()
             status = "OK"
@@ -163,3 +182,4 @@ class Session:
         )
         if name != "warmup":
             run.recorder.record(name, latency_ns, status, batch, size, server)
+        return exc
