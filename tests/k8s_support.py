@@ -91,6 +91,27 @@ _ENDPOINT = {
         "interval": {"type": "string", "pattern": _DURATION},
         "honorLabels": {"type": "boolean"},
         "relabelings": {"type": "array", "items": _RELABEL},
+        "scheme": {"enum": ["http", "https"]},
+        # SafeTLSConfig: the CA from a Secret key, and the name to verify.
+        "tlsConfig": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "ca": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "secret": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "key"],
+                            "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+                        }
+                    },
+                },
+                "serverName": {"type": "string"},
+            },
+        },
     },
 }
 _SELECTOR = {

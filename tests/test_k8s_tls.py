@@ -18,18 +18,19 @@ import pytest
 import trustme
 import yaml
 
-from tests.k8s_support import K8S, env_of, kubectl, one, pod_templates
+from tests.k8s_support import K8S, env_of, kubectl, monitor_schema, one, pod_templates
 
 CERT_MANAGER = ("Certificate", "Issuer")
 
 
-def render_with_tls(tmp_path: Path) -> list[dict[str, Any]]:
+def render_with_tls(tmp_path: Path, components: tuple[str, ...] = ("tls",)) -> list[dict[str, Any]]:
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     rel = os.path.relpath(K8S, overlay)  # kustomize refuses absolute paths
+    listed = "".join(f"  - {rel}/components/{c}\n" for c in components)
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: modelsoak\n"
-        f"resources:\n  - {rel}/base\ncomponents:\n  - {rel}/components/tls\n"
+        f"resources:\n  - {rel}/base\ncomponents:\n{listed}"
     )
     proc = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -98,6 +99,26 @@ def test_load_generators_dial_grpcs_with_the_ca(docs: list[dict[str, Any]]) -> N
         assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"], "only the CA, never the key"
 
 
+def test_workers_have_the_ca_at_the_path_the_master_hands_them(docs: list[dict[str, Any]]) -> None:
+    # Locust's master sends its parsed options (--tls-ca among them) to every
+    # worker, and the workers open the same path: each worker pod needs the file.
+    for (master_kind, master_name), (kind, name) in (
+        (("Job", "modelsoak-soak"), ("Job", "modelsoak-soak-workers")),
+        (("Deployment", "modelsoak-locust-master"), ("Deployment", "modelsoak-locust-worker")),
+    ):
+        master_spec = one(docs, master_kind, master_name)["spec"]["template"]["spec"]
+        master = next(c for c in master_spec["containers"] if c["name"] == "master")
+        ca_path = env_of(master)["LOCUST_TLS_CA"]
+        spec = one(docs, kind, name)["spec"]["template"]["spec"]
+        worker = spec["containers"][0]
+        mount = next(m for m in worker["volumeMounts"] if ca_path.startswith(m["mountPath"] + "/"))
+        assert mount.get("readOnly") is True, name
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "modelsoak-server-tls", name
+        assert [i["path"] for i in volume["secret"]["items"]] == [ca_path[len(mount["mountPath"]) + 1 :]], name
+        assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"], "only the CA, never the key"
+
+
 def test_probes_are_https_gets_a_tls_server_answers(docs: list[dict[str, Any]], start_server, tmp_path: Path) -> None:
     (c,) = one(docs, "Deployment", "modelsoak-server")["spec"]["template"]["spec"]["containers"]
     ca = trustme.CA()
@@ -116,3 +137,18 @@ def test_probes_are_https_gets_a_tls_server_answers(docs: list[dict[str, Any]], 
         url = f"https://127.0.0.1:{server.metrics_port}{get['path']}"
         with urllib.request.urlopen(url, context=kubelet, timeout=10) as resp:
             assert resp.status == 200, (probe, url)
+
+
+def test_prometheus_scrapes_the_tls_server_over_https_with_the_ca(tmp_path: Path) -> None:
+    import jsonschema
+
+    docs = render_with_tls(tmp_path, ("monitoring", "tls"))
+    mon = one(docs, "ServiceMonitor", "modelsoak-server")
+    jsonschema.validate(mon, monitor_schema("ServiceMonitor"))
+    (endpoint,) = mon["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": "modelsoak-server-tls", "key": "ca.crt"}
+    cert = one(docs, "Certificate", "modelsoak-server-tls")
+    assert endpoint["tlsConfig"]["serverName"] in cert["spec"]["dnsNames"]
+    # the Pushgateway is not behind TLS: its monitor keeps plain HTTP
+    assert "scheme" not in one(docs, "ServiceMonitor", "modelsoak-pushgateway")["spec"]["endpoints"][0]
