@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from loadtest import slices as slicing
 from loadtest import slo, trust
 from loadtest.plan import explicit_keys
 from loadtest.provenance import collect
@@ -69,6 +70,9 @@ def build(run: Run) -> Summary:
     # A percentile an SLO reads, with too few samples to bound it, cannot back a verdict.
     generator.invalid_reasons += trust.undersampled(plan, phases, total, baseline is not None)
     generator.valid = not generator.invalid_reasons
+    slices = run.slicer.finish(ended) if run.slicer is not None else []
+    drift = slicing.drift(plan, slices, {p.name: p.kind for p in phases})
+    checks += slicing.drift_checks(drift)
     if reach:
         # The target went away: that is its failure, whatever the generator saw meanwhile.
         verdict, code = "FAIL", EXIT_SLO
@@ -110,6 +114,8 @@ def build(run: Run) -> Summary:
         baseline=baseline,
         verdict=verdict,
         exit_code=code,
+        slices=slices,
+        drift=drift,
     )
 
 

@@ -153,6 +153,13 @@ def add_arguments(parser: Any) -> None:
         help="seconds between points of timeseries.jsonl (and server memory samples)",
     )
     a(
+        "--slice-s",
+        type=float,
+        default=10.0,
+        include_in_web_ui=False,
+        help="seconds per time slice: the summary and report carry each slice's throughput and percentiles",
+    )
+    a(
         "--latency-log",
         default="",
         include_in_web_ui=False,
@@ -229,6 +236,7 @@ class Options:
     spawn_rate: float | None
     run_time: int | None
     tls: ClientTls = field(default_factory=ClientTls)
+    slice_s: float = 10.0
 
     @classmethod
     def from_parsed(cls, parsed: Any, host: str | None) -> Options:
@@ -251,6 +259,9 @@ class Options:
         if get("request_timeout") is not None and float(get("request_timeout")) <= 0:
             raise ValueError(f"--request-timeout {get('request_timeout')}: expected seconds > 0")
         scenario = get("scenario") or "none"
+        slice_s = float(get("slice_s", 10.0) or 0.0)
+        if slice_s <= 0:
+            raise ValueError(f"--slice-s {get('slice_s')!r}: expected a positive number of seconds")
         return cls(
             host=host or get("host") or "",
             protocol=get("protocol") or "kserve",
@@ -284,6 +295,7 @@ class Options:
             tls=ClientTls(
                 get("tls_ca") or "", get("tls_client_cert") or "", get("tls_client_key") or "", get("tls_server_name") or ""
             ),
+            slice_s=slice_s,
         )
 
     def as_record(self) -> dict[str, str | int | float | bool | None]:

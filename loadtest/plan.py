@@ -38,6 +38,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "leak_warmup_s": 300,
         "leak_alpha": 0.01,
         "min_leak_bytes_per_hour": MIB,
+        # Latency drift: the trend of the slices' p99 (loadtest.slices), after a warm-up.
+        "drift_warmup_s": 60.0,
+        "drift_min_slices": 8,
+        "max_p99_drift_ms_per_hour": 0.0,
     },
     "stress": {
         "start_users": 1,

@@ -12,6 +12,7 @@ from loadtest import svg, trust
 from loadtest.advice import bottlenecks, suggestions
 from loadtest.results import Latency, PhaseResult, Summary
 from loadtest.series import Point, read_points
+from loadtest.slices import slice_lines
 
 
 def _ms(x: float | None) -> str:
@@ -166,6 +167,8 @@ def markdown(s: Summary) -> str:
     ]
     conf = confidence_table(s)
     lines += ["## Percentile confidence", "", *conf, ""] if conf else []
+    sliced = slice_lines(s.slices, s.drift)
+    lines += ["## Time slices", "", *sliced, ""] if sliced else []
     lines += _capacity(s)
     lines += ["## Bottleneck analysis", "", *[f"- {b}" for b in bottlenecks(s)], ""]
     lines += ["## Optimisation suggestions", "", *[f"- {x}" for x in suggestions(s)], ""]

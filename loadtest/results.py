@@ -302,6 +302,34 @@ class Baseline:
 
 
 @dataclass
+class Slice:
+    """One time slice (--slice-s) of a phase: its own throughput and percentiles."""
+
+    phase: str
+    t_start: float  # seconds since the run started
+    t_end: float
+    requests: int  # latencies recorded in the slice (successes; sends unfinished at stop, as lower bounds)
+    rps: float | None  # None: a slice without duration (answered or cut off at stop)
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p99_enough: bool  # enough samples to bound the p99 at the run's confidence
+
+
+@dataclass
+class Drift:
+    """The trend of a soak's p99 over its slices (server.leak's test)."""
+
+    suspected: bool
+    slope_ms_per_hour: float | None
+    slope_low_ms_per_hour: float | None
+    slope_high_ms_per_hour: float | None
+    p_value: float | None
+    slices: int
+    reason: str
+
+
+@dataclass
 class Summary:
     run_id: str
     scenario: str
@@ -320,6 +348,8 @@ class Summary:
     verdict: str  # PASS | FAIL | INVALID
     exit_code: int
     schema_version: int = SCHEMA_VERSION
+    slices: list[Slice] = field(default_factory=list)
+    drift: Drift | None = None
 
     def to_json(self) -> str:
         doc = to_json(self)

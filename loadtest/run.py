@@ -34,6 +34,7 @@ from loadtest.recorder import UNFINISHED, Merged, Recorder, Snapshot, decode_int
 from loadtest.results import TargetInfo
 from loadtest.series import Point, SeriesWriter
 from loadtest.server_watch import ServerWatch
+from loadtest.slices import Slicer
 from loadtest.slo import unjudgeable
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class Run:
         self.greenlets: list[gevent.Greenlet] = []
         self.series: SeriesWriter | None = None
         self.last_point = self.started
+        self.slicer: Slicer | None = None
 
     # -- the driving side ---------------------------------------------------------------
 
@@ -179,6 +181,8 @@ class Run:
             run.start_sending(run.options)
         assert run.results is not None
         interval = run.options.series_interval if run.options else 2.0
+        slice_s = run.options.slice_s if run.options else 10.0
+        run.slicer = Slicer(slice_s, run.started, run.plan["validity"]["percentile_confidence"])
         run.series = SeriesWriter(run.results / "timeseries.jsonl", interval, run.next_point)
         run.greenlets = [gevent.spawn(run.series.loop), gevent.spawn(run._broadcast_loop)]
         run.enter(0)
@@ -299,6 +303,8 @@ class Run:
             point.server_memory = self.watch.poll() or None
         if self.lost_workers:
             point.lost_workers = sorted(self.lost_workers)
+        if self.slicer is not None:
+            self.slicer.add(window, now, point.phase)
         drop(window)
         return point
 

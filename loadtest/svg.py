@@ -10,6 +10,7 @@ import numpy as np
 
 from loadtest.results import Summary
 from loadtest.series import Point
+from loadtest.slices import slice_chart_lines
 
 CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -108,6 +109,9 @@ def charts(s: Summary, series: list[Point]) -> str:
             "",
         ),
     ]
+    if s.slices:
+        sx, slines = slice_chart_lines(s.slices, s.drift)
+        out.append(line_chart("Latency per time slice (with the soak's p99 trend)", sx, slines, "ms"))
     mem = s.memory
     if mem.available and mem.series is not None:
         mt, mb = mem.series.t, mem.series.bytes
