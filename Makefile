@@ -57,7 +57,7 @@ proto: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy server loadgen loadtest training exporters bench tests tools k8s/sync.py
+	$(VENV)/bin/mypy
 
 stack: setup system-deps
 	$(PY) -m exporters.stack
