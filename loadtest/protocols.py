@@ -70,6 +70,7 @@ class Target:
     server: str
     server_version: str
     sha256: str
+    device: str = ""  # where the server runs the model (ModelConfig), "" when not said
 
 
 def grpc_target(host: str) -> tuple[str, bool]:
@@ -148,7 +149,7 @@ class KServeClient:
             )
         except grpc.RpcError as exc:
             raise SetupError(f"cannot read metadata from the server: {_fail(exc)}") from None
-        sha = self._sha256(model, version)
+        sha, device = self._config(model, version)
         batchable = bool(md.inputs) and all(t.shape and t.shape[0] == -1 for t in md.inputs)
         inputs = []
         for t in md.inputs:
@@ -171,7 +172,7 @@ class KServeClient:
             raise SetupError(
                 f"model '{model}' does not batch (its inputs have no -1 batch dim); use --batch-size 1"
             )
-        return Target(model, version, tuple(inputs), batchable, md.platform, meta.name, meta.version, sha)
+        return Target(model, version, tuple(inputs), batchable, md.platform, meta.name, meta.version, sha, device)
 
     def _only_model(self) -> str:
         index = self.stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=self.timeout_s)
@@ -182,14 +183,21 @@ class KServeClient:
             )
         return names[0]
 
-    def _sha256(self, model: str, version: str) -> str:
+    def _config(self, model: str, version: str) -> tuple[str, str]:
+        """The model's sha256 and device from Triton's ModelConfig: our server
+        puts both in its parameters; Triton says the device in instance_group."""
         try:
             cfg = self.stub.ModelConfig(
                 pb.ModelConfigRequest(name=model, version=version), timeout=self.timeout_s
-            )
+            ).config
         except grpc.RpcError:
-            return ""  # servers without Triton's extension
-        return cfg.config.parameters["sha256"].string_value if "sha256" in cfg.config.parameters else ""
+            return "", ""  # servers without Triton's extension
+        params = cfg.parameters
+        sha = params["sha256"].string_value if "sha256" in params else ""
+        device = params["device"].string_value if "device" in params else ""
+        if not device and cfg.instance_group:
+            device = {1: "gpu", 2: "cpu"}.get(int(cfg.instance_group[0].kind), "")  # KIND_GPU, KIND_CPU
+        return sha, device
 
     def prepare(self, target: Target, arrays: dict[str, np.ndarray]) -> None:
         """Build the request once; it is sent unchanged on every call."""

@@ -25,10 +25,11 @@ def environment_lines(s: Summary) -> list[str]:
     hw = p.hardware
     libs = ", ".join(f"{k} {v}" for k, v in p.libraries.items())
     gpu = p.server_gpu or {}
-    gpu_text = ", ".join(g.get("name", "?") for g in gpu.get("gpus", [])) or (
-        gpu.get("status") or "not reported"
-    )
     server = p.server or {}
+    device = server.get("device") or t.device or "not reported"
+    gpu_text = ", ".join(g.get("name", "?") for g in gpu.get("gpus", [])) or gpu.get("status") or (
+        "none (the model runs on CPU)" if device == "cpu" else "not reported (give --server-metrics-url)"
+    )
     inputs = ", ".join(f"{i.name} {i.datatype}{i.shape}" for i in t.inputs)
     return [
         f"- Harness: modelsoak {p.harness.version} (git {p.harness.git_sha})",
@@ -36,7 +37,7 @@ def environment_lines(s: Summary) -> list[str]:
         f"- Model: {t.model or '?'} version {t.version or 'default'} on {t.platform or '?'}"
         + (f", sha256 {t.sha256[:16]}…" if t.sha256 else ""),
         f"- Inputs per request: {inputs or 'n/a'}",
-        f"- Server device: {server.get('device', 'not reported')}; GPU: {gpu_text}",
+        f"- Server device: {device}; GPU: {gpu_text}",
         f"- Load generator: {hw.cpu} ({hw.cpu_count} CPUs, {hw.memory_bytes / 2**30:.1f} GiB), "
         f"{hw.os}, Python {hw.python}; workers: {', '.join(p.workers)}",
         f"- Libraries: {libs}",

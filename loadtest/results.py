@@ -37,6 +37,7 @@ class TargetInfo:
     server_version: str = ""
     sha256: str = ""
     inputs: list[InputInfo] = field(default_factory=list)
+    device: str = ""  # where the server runs the model, as its ModelConfig says
 
 
 @dataclass

@@ -62,6 +62,7 @@ def target_info(target: Target) -> TargetInfo:
         server=target.server,
         server_version=target.server_version,
         sha256=target.sha256,
+        device=target.device,
         inputs=[
             InputInfo(i.name, i.datatype, list(i.shape[1:] if target.batchable else i.shape))
             for i in target.inputs

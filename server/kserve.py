@@ -233,6 +233,7 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
     for key, value in info.parameters.items():
         cfg.parameters[key].string_value = str(value)
     cfg.parameters["sha256"].string_value = info.sha256
+    cfg.parameters["device"].string_value = info.device  # the load generator's report names it
     return cfg
 
 

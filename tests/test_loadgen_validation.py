@@ -61,3 +61,11 @@ def test_threshold_a_plain_run_cannot_judge_is_refused(sleepy: ServerProcess, tm
     line = next(x for x in run.output.splitlines() if "could not start" in x)
     assert "soak.p99_ms" in line and "--scenario soak" in line, line
     assert "regression.max_p99_increase" in line and "--baseline" in line, line
+
+
+def test_report_names_our_servers_device_without_a_metrics_url(sleepy: ServerProcess, tmp_path: Path) -> None:
+    run = run_locust(sleepy, tmp_path, "-u", "1", "-t", "2", "--input-shape", "4")
+    s = run.summary()
+    assert s["provenance"]["target"]["device"] == "cpu", s["provenance"]["target"]
+    report = (run.results / "report.md").read_text()
+    assert "- Server device: cpu; GPU: none (the model runs on CPU)" in report, report
