@@ -73,6 +73,9 @@ def build(run: Run) -> Summary:
     slices = run.slicer.finish(ended) if run.slicer is not None else []
     drift = slicing.drift(plan, slices, {p.name: p.kind for p in phases})
     checks += slicing.drift_checks(drift)
+    stability = run.stability.results([p.name for p in phases]) if run.stability is not None else []
+    generator.invalid_reasons += [r.reason for r in stability if not r.stable]
+    generator.valid = not generator.invalid_reasons
     if reach:
         # The target went away: that is its failure, whatever the generator saw meanwhile.
         verdict, code = "FAIL", EXIT_SLO
@@ -116,6 +119,7 @@ def build(run: Run) -> Summary:
         exit_code=code,
         slices=slices,
         drift=drift,
+        stability=stability,
     )
 
 

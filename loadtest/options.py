@@ -159,6 +159,11 @@ def add_arguments(parser: Any) -> None:
         include_in_web_ui=False,
         help="seconds per time slice: the summary and report carry each slice's throughput and percentiles",
     )
+    a("--stable", action="store_true", default=False, include_in_web_ui=False,
+      help="measure each phase in windows until the last three agree within 10 %% on throughput and p99")
+    a("--stable-window-s", type=float, default=5.0, include_in_web_ui=False, help="--stable: seconds per window")
+    a("--stable-max-windows", type=int, default=10, include_in_web_ui=False,
+      help="--stable: windows before a phase that has not settled ends (the run is then INVALID)")  # fmt: skip
     a(
         "--latency-log",
         default="",
@@ -237,6 +242,9 @@ class Options:
     run_time: int | None
     tls: ClientTls = field(default_factory=ClientTls)
     slice_s: float = 10.0
+    stable: bool = False
+    stable_window_s: float = 5.0
+    stable_max_windows: int = 10
 
     @classmethod
     def from_parsed(cls, parsed: Any, host: str | None) -> Options:
@@ -262,6 +270,12 @@ class Options:
         slice_s = float(get("slice_s", 10.0) or 0.0)
         if slice_s <= 0:
             raise ValueError(f"--slice-s {get('slice_s')!r}: expected a positive number of seconds")
+        window_s, max_windows = float(get("stable_window_s", 5.0) or 0.0), int(get("stable_max_windows", 10) or 0)
+        if window_s <= 0 or max_windows < 3:
+            raise ValueError(
+                f"--stable-window-s {window_s:g} / --stable-max-windows {max_windows}: "
+                "expected a positive window and at least 3 windows"
+            )
         return cls(
             host=host or get("host") or "",
             protocol=get("protocol") or "kserve",
@@ -296,6 +310,9 @@ class Options:
                 get("tls_ca") or "", get("tls_client_cert") or "", get("tls_client_key") or "", get("tls_server_name") or ""
             ),
             slice_s=slice_s,
+            stable=bool(get("stable", False)),
+            stable_window_s=window_s,
+            stable_max_windows=max_windows,
         )
 
     def as_record(self) -> dict[str, str | int | float | bool | None]:

@@ -245,6 +245,8 @@ def tick(shape: LoadTestShape) -> tuple[int, float] | None:
     if opts.scenario == "none":
         if opts.run_time and time.time() - run.started >= opts.run_time:
             return None
+        if run.stability is not None and run.stability.done(run.phases[0].name):
+            return None
         users = int(opts.num_users or 1)
         return users, float(opts.spawn_rate or users)
     phase = run.phases[run.phase_index]
@@ -257,6 +259,8 @@ def tick(shape: LoadTestShape) -> tuple[int, float] | None:
 
 def _phase_done(run: Run, phase: plans.Phase) -> bool:
     elapsed = time.time() - run.history[-1].started
+    if run.stability is not None and phase.duration_s is not None:
+        return run.stability.done(phase.name)  # --stable: windows decide, not the duration
     if phase.duration_s is not None:
         return elapsed >= phase.duration_s
     if phase.requests_per_user:

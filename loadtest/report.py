@@ -13,6 +13,7 @@ from loadtest.advice import bottlenecks, suggestions
 from loadtest.results import Latency, PhaseResult, Summary
 from loadtest.series import Point, read_points
 from loadtest.slices import slice_lines
+from loadtest.stability import stability_lines
 
 
 def _ms(x: float | None) -> str:
@@ -170,6 +171,8 @@ def markdown(s: Summary) -> str:
     lines += ["## Percentile confidence", "", *conf, ""] if conf else []
     sliced = slice_lines(s.slices, s.drift)
     lines += ["## Time slices", "", *sliced, ""] if sliced else []
+    if s.stability:
+        lines += ["## Stability windows", "", *stability_lines(s.stability)]
     lines += _capacity(s)
     lines += ["## Bottleneck analysis", "", *[f"- {b}" for b in bottlenecks(s)], ""]
     lines += ["## Optimisation suggestions", "", *[f"- {x}" for x in suggestions(s)], ""]

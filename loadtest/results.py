@@ -331,6 +331,19 @@ class Drift:
 
 
 @dataclass
+class Stability:
+    """--stable: a phase's measurement windows and whether the last three agreed."""
+
+    phase: str
+    stable: bool
+    windows: list[Slice]
+    counted: list[int]  # indices into windows of the three that agreed
+    rps: float | None  # mean of the counted windows
+    p99_ms: float | None
+    reason: str
+
+
+@dataclass
 class Summary:
     run_id: str
     scenario: str
@@ -351,6 +364,7 @@ class Summary:
     schema_version: int = SCHEMA_VERSION
     slices: list[Slice] = field(default_factory=list)
     drift: Drift | None = None
+    stability: list[Stability] = field(default_factory=list)
 
     def to_json(self) -> str:
         doc = to_json(self)

@@ -36,6 +36,7 @@ from loadtest.series import Point, SeriesWriter
 from loadtest.server_watch import ServerWatch
 from loadtest.slices import Slicer
 from loadtest.slo import unjudgeable
+from loadtest.stability import StabilityWatch
 
 if TYPE_CHECKING:
     from hdrh.histogram import HdrHistogram
@@ -162,6 +163,7 @@ class Run:
         self.series: SeriesWriter | None = None
         self.last_point = self.started
         self.slicer: Slicer | None = None
+        self.stability: StabilityWatch | None = None
 
     # -- the driving side ---------------------------------------------------------------
 
@@ -182,7 +184,11 @@ class Run:
         assert run.results is not None
         interval = run.options.series_interval if run.options else 2.0
         slice_s = run.options.slice_s if run.options else 10.0
+        if run.options is not None and run.options.stable:  # the windows are the slices
+            slice_s = run.options.stable_window_s
+            run.stability = StabilityWatch(run.options.stable_max_windows)
         run.slicer = Slicer(slice_s, run.started, run.plan["validity"]["percentile_confidence"])
+        run.slicer.on_close = run.stability.on_slice if run.stability is not None else None
         run.series = SeriesWriter(run.results / "timeseries.jsonl", interval, run.next_point)
         run.greenlets = [gevent.spawn(run.series.loop), gevent.spawn(run._broadcast_loop)]
         run.enter(0)

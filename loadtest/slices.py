@@ -12,6 +12,8 @@ Mann–Kendall, and persistence in both halves), imported rather than repeated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
@@ -34,6 +36,7 @@ class Slicer:
         self.t_start = started
         self.phase = ""
         self.last_add = started
+        self.on_close: Callable[[Slice], None] | None = None  # --stable's windows
 
     def add(self, window: HdrHistogram, now: float, phase: str) -> None:
         """The interval ending at `now` (its histogram) of `phase`."""
@@ -64,6 +67,8 @@ class Slicer:
                     p99_enough=n >= min_samples(0.99, self.confidence),
                 )
             )
+            if self.on_close is not None:
+                self.on_close(self.slices[-1])
         drop(h)
         self.hist = new_hist()
         self.t_start = now
