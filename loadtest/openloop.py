@@ -51,6 +51,9 @@ class Dispatcher:
         self._rng = random.Random(seed)
         self._greenlet: gevent.Greenlet | None = None
         self.in_flight = 0  # tickets taken by users whose send has not ended
+        # The schedule's end (time.monotonic), where the run's length is known
+        # here: Locust's shape ticks once a second, and the run may stop later.
+        self.until: float | None = None
         self.closed = False
 
     def set_rate(self, rate: float) -> None:
@@ -112,6 +115,8 @@ class Dispatcher:
                     next_at = max(last + self._gap(), time.monotonic())
             if self.rate <= 0:
                 continue
+            if self.until is not None and next_at >= self.until:
+                return  # the run's end: nothing is scheduled after it
             last = next_at
             behind = time.monotonic() - next_at
             if behind > LATE_AFTER_S:

@@ -325,6 +325,8 @@ class Run:
         if opts.latency_log is not None:
             self.recorder.keep_raw()
         self.dispatcher = Dispatcher(self.recorder, opts.max_pending, opts.arrival, opts.seed)
+        if self.role == "local" and opts.scenario == "none" and opts.run_time:
+            self.dispatcher.until = time.monotonic() + opts.run_time - (time.time() - self.started)
         self.dispatcher.start()
         if self.phase is not None:
             self.dispatcher.set_rate(self.rate_now * self.rate_share)

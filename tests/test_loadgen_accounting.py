@@ -15,6 +15,15 @@ from tests.conftest import ServerProcess, run_locust
 pytestmark = pytest.mark.slow
 
 
+def _verdict(s: dict, returncode: int, output: str, expected: tuple[str, int]) -> None:
+    """The expected verdict; on a busy test machine the generator's own dispatcher
+    may fall behind its schedule, and then the run is INVALID for that reason only."""
+    reasons = s["generator"]["invalid_reasons"]
+    assert all("fell behind" in r or "CPU-saturated" in r for r in reasons), reasons
+    want = ("INVALID", 4) if reasons else expected
+    assert (s["verdict"], returncode) == want, output[-3000:]
+
+
 def _accounted(ol: dict) -> None:
     assert ol["scheduled"] == ol["measured"] + ol["dropped"] + ol["unfinished"], ol
     assert ol["accounted"], ol
@@ -38,7 +47,7 @@ def test_overload_at_1_5x_is_accounted_and_fails(start_server: Callable[..., Ser
     checks = {c["name"]: c for c in s["slo"]}
     assert not checks["sustained rate"]["passed"], checks
     assert re.fullmatch(r"sustained \d+/s of 1[45]\d/s offered", checks["sustained rate"]["actual"]), checks
-    assert s["verdict"] == "FAIL" and run.returncode == 3, run.output[-3000:]
+    _verdict(s, run.returncode, run.output, ("FAIL", 3))
     # The unfinished waits entered the statistics: the tail percentiles are lower bounds.
     assert "p99" in s["totals"]["latency_ms"]["lower_bounds"], s["totals"]["latency_ms"]
     report = (run.results / "report.md").read_text()
@@ -60,11 +69,7 @@ def test_overload_at_10x_with_a_full_server_queue_is_accounted(
     assert ol["dropped"] > 0, ol
     checks = {c["name"]: c for c in s["slo"]}
     assert not checks["sustained rate"]["passed"] and not checks["dropped sends"]["passed"], checks
-    # FAIL; on a busy test machine the 500/s dispatcher itself may fall behind, and
-    # then the run is INVALID for that reason only.
-    reasons = s["generator"]["invalid_reasons"]
-    assert all("fell behind" in r or "CPU-saturated" in r for r in reasons), reasons
-    assert (s["verdict"], run.returncode) == (("INVALID", 4) if reasons else ("FAIL", 3)), run.output[-3000:]
+    _verdict(s, run.returncode, run.output, ("FAIL", 3))
 
 
 def test_open_loop_within_capacity_passes(start_server: Callable[..., ServerProcess], tmp_path) -> None:
@@ -76,4 +81,5 @@ def test_open_loop_within_capacity_passes(start_server: Callable[..., ServerProc
     ol = s["generator"]["openloop"]
     _accounted(ol)
     assert ol["unfinished"] == 0 and ol["dropped"] == 0, ol
-    assert s["verdict"] == "PASS" and run.returncode == 0, run.output[-3000:]
+    assert all(c["passed"] for c in s["slo"]), s["slo"]
+    _verdict(s, run.returncode, run.output, ("PASS", 0))
