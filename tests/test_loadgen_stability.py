@@ -53,7 +53,17 @@ def test_steady_load_settles_and_overload_never_does(
     # 70/s offered to a 50/s model, with users enough to keep every send in flight: the queue
     # grows 20 requests a second, so each 2 s window's latency is 2/t above the last (> 10 % up to 20 s).
     over = run_locust(
-        srv, tmp_path / "over", "-u", "400", "-r", "400", "--arrival-rate", "70", *common, "--stable-max-windows", "8"
+        srv,
+        tmp_path / "over",
+        "-u",
+        "400",
+        "-r",
+        "400",
+        "--arrival-rate",
+        "70",
+        *common,
+        "--stable-max-windows",
+        "8",
     )
     o = over.summary()
     (ot,) = o["stability"]
