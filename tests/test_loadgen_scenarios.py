@@ -150,22 +150,29 @@ def test_hdr_percentiles_match_raw_latencies(mlp: ServerProcess, tmp_path: Path)
     lat = s["phases"][0]["latency_ms"]
     assert len(raw) == s["phases"][0]["requests"] > 500
     for q in (50, 90, 99):
-        exact = float(np.percentile(raw, q, method="inverted_cdf"))
-        assert abs(lat[f"p{q}"] - exact) <= 0.01 * exact, (q, lat[f"p{q}"], exact)
+        # Rank conventions differ by one sample (HDR rounds q*n to the nearest
+        # rank, inverted_cdf takes the ceiling), and in a sparse tail neighbouring
+        # samples can be several per cent apart: what is checked is the HDR
+        # histogram's resolution (1 %) against the raw samples at those ranks.
+        k = int(np.ceil(q / 100 * len(raw))) - 1
+        near = raw[max(k - 1, 0) : k + 2]
+        assert near.min() * 0.99 <= lat[f"p{q}"] <= near.max() * 1.01, (q, lat[f"p{q}"], near)
     assert abs(lat["max"] - raw[-1]) <= 0.01 * raw[-1]
 
 
 def test_baseline_regression(mlp: ServerProcess, tmp_path: Path) -> None:
+    # Enough samples in each run to bound the p99 the regression compares (662 at
+    # 99 %, loadtest.stats): four users for 4 s.
     plan = tmp_path / "plan.yaml"
-    plan.write_text("latency: {duration_s: 3}\n")
+    plan.write_text("latency: {duration_s: 4, users: 4}\n")
     for sub in "abc":
         (tmp_path / sub).mkdir()
     first = run_locust(mlp, tmp_path / "a", "--scenario", "latency", "--slo-file", str(plan))
-    assert first.returncode == 0
+    assert first.returncode == 0, first.output[-2000:]
     baseline = first.results / "summary.json"
     ok_plan = tmp_path / "lenient.yaml"
     ok_plan.write_text(
-        "latency: {duration_s: 3}\nregression: {max_p99_increase: 10.0, max_throughput_decrease: 0.99}\n"
+        "latency: {duration_s: 4, users: 4}\nregression: {max_p99_increase: 10.0, max_throughput_decrease: 0.99}\n"
     )
     second = run_locust(
         mlp, tmp_path / "b", "--scenario", "latency", "--slo-file", str(ok_plan), "--baseline", str(baseline)
@@ -174,7 +181,7 @@ def test_baseline_regression(mlp: ServerProcess, tmp_path: Path) -> None:
     assert second.returncode == 0 and s["baseline"]["path"] == str(baseline)
     assert {c["name"] for c in s["baseline"]["checks"]} == {"regression p99", "regression throughput"}
     strict = tmp_path / "strict.yaml"
-    strict.write_text("latency: {duration_s: 3}\nregression: {max_p99_increase: -0.99}\n")
+    strict.write_text("latency: {duration_s: 4, users: 4}\nregression: {max_p99_increase: -0.99}\n")
     third = run_locust(
         mlp, tmp_path / "c", "--scenario", "latency", "--slo-file", str(strict), "--baseline", str(baseline)
     )
@@ -187,7 +194,7 @@ def test_summary_reads_back_through_its_types(mlp: ServerProcess, tmp_path: Path
     (--baseline reads it so): the same document, and a summary of another
     schema version is refused before the run starts."""
     plan = tmp_path / "plan.yaml"
-    plan.write_text("latency: {duration_s: 2}\n")
+    plan.write_text("latency: {duration_s: 2, p99_ms: null, p50_ms: 100}\n")  # 2 s bound a median
     (tmp_path / "a").mkdir()
     first = run_locust(mlp, tmp_path / "a", "--scenario", "latency", "--slo-file", str(plan))
     assert first.returncode == 0, first.output[-2000:]
