@@ -180,6 +180,13 @@ def add_arguments(parser: Any) -> None:
         "have not sent them all, and says so in the log (0: wait for ever)",
     )
     a(
+        "--master-timeout-s",
+        type=float,
+        default=5.0,
+        help="a worker that hears no heartbeat from its master for this many seconds stops sending, "
+        "writes what it measured to --results-dir and exits 4 (Locust alone waits 60 s and exits 0)",
+    )
+    a(
         "--payload-file",
         default="",
         include_in_web_ui=True,

@@ -14,7 +14,7 @@ import gevent
 from locust import events
 
 from loadtest import plan as plans
-from loadtest import slo
+from loadtest import slo, watchdog
 from loadtest.finish import finish
 from loadtest.openloop import DRAIN_S
 from loadtest.options import Options, add_arguments
@@ -71,6 +71,7 @@ def _init(environment: Environment, **_: Any) -> None:
             data["modelsoak"] = _snapshot(runs(environment).latest())
 
         _listen(environment.events.report_to_master, report)
+        watchdog.watch(environment, lambda: _snapshot(runs(environment).latest()))
     if role == "master":
         runner.register_message(FINAL_MESSAGE, _on_final)
 

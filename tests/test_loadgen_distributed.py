@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from loadtest.recorder import Snapshot
 from server.netutil import free_port
 from tests.conftest import LOCUST, ROOT, ServerProcess, locust_cmd
 from tests.loadgen_support import wait_until
@@ -135,6 +136,7 @@ def test_master_and_two_workers(mlp: ServerProcess, cluster: Cluster, tmp_path: 
         assert w.wait(60) == 0
 
 
+@pytest.mark.faults
 def test_lost_worker_is_named_in_the_report(mlp: ServerProcess, cluster: Cluster, tmp_path: Path) -> None:
     port = free_port()
     master = cluster.master(
@@ -162,6 +164,7 @@ def test_lost_worker_is_named_in_the_report(mlp: ServerProcess, cluster: Cluster
     assert summary["totals"]["requests"] > 0  # what the lost worker measured before it died still counts
 
 
+@pytest.mark.faults
 def test_killed_master_leaves_the_time_series(mlp: ServerProcess, cluster: Cluster, tmp_path: Path) -> None:
     port = free_port()
     master = cluster.master(
@@ -174,8 +177,7 @@ def test_killed_master_leaves_the_time_series(mlp: ServerProcess, cluster: Clust
         "--slo-file",
         _plan(tmp_path, "soak: {users: 2, duration_s: 60}\n"),
     )
-    for i in range(2):
-        cluster.worker(port, f"worker{i}")
+    workers = [cluster.worker(port, f"worker{i}") for i in range(2)]
     series = tmp_path / "run" / "timeseries.jsonl"
     wait_until(
         lambda: len(_points(series)) >= 6, 60, "six time-series points", lambda: cluster.log("master"), master
@@ -186,6 +188,18 @@ def test_killed_master_leaves_the_time_series(mlp: ServerProcess, cluster: Clust
     assert len(points) >= 6
     assert any(p.get("count", 0) > 0 and "p99_ms" in p for p in points)
     assert not (tmp_path / "run" / "summary.json").exists()
+    # The workers notice within --master-timeout-s (5 s), stop sending, keep what
+    # they measured and exit 4 (Locust alone would load the server for 60 s more
+    # and exit 0). The 30 s bound is a deadline for the event, not a speed check.
+    for i, worker in enumerate(workers):
+        assert worker.wait(30) == 4, cluster.log(f"worker{i}")[-2000:]
+        assert "no heartbeat from the master" in cluster.log(f"worker{i}")
+    saved = sorted(tmp_path.glob("lost-master-*.json"))
+    assert len(saved) == 2, list(tmp_path.iterdir())
+    for path in saved:
+        doc = json.loads(path.read_text())
+        assert Snapshot.unpack(doc["snapshot"]).run_id == "run"
+        assert doc["master_silent_s"] > 5.0
 
 
 def test_processes_flag(mlp: ServerProcess, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ def _answered(series: Path) -> bool:
     return any(json.loads(line).get("count", 0) > 0 for line in series.read_text().splitlines() if line)
 
 
+@pytest.mark.faults
 def test_killed_target_fails_the_run_and_users_back_off(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
