@@ -22,10 +22,10 @@ from hdrh.histogram import HdrHistogram
 
 from loadtest.codec import from_json, to_json
 from loadtest.results import TargetInfo
+from server.stats import PHASES  # the server's phase names, which its responses carry
 
 # 1 µs to 1 h at 3 significant digits: 0.1 % value error at any magnitude.
 LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
-PHASES = ("queue", "batch_assembly", "h2d", "compute", "d2h", "total")
 
 
 FOLD_EVERY = 50_000

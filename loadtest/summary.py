@@ -12,7 +12,7 @@ import numpy as np
 from loadtest import trust
 from loadtest.openloop import LATE_AFTER_S
 from loadtest.plan import Plan
-from loadtest.recorder import PHASES, UNFINISHED, UNFINISHED_MIN_US, Merged, NameStats, drop, new_hist
+from loadtest.recorder import UNFINISHED, UNFINISHED_MIN_US, Merged, NameStats, drop, new_hist
 from loadtest.results import (
     Generator,
     Latency,
@@ -28,6 +28,7 @@ from loadtest.results import (
 )
 from loadtest.stats import CONFIDENCE
 from server.leak import LeakSettings, LeakVerdict, detect_leak
+from server.stats import PHASES
 
 if TYPE_CHECKING:
     from loadtest.run import Run
