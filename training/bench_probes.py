@@ -55,8 +55,11 @@ class Series:
     v: list[float] = field(default_factory=list)
 
     def window(self, t0: float, t1: float) -> np.ndarray:
-        t = np.asarray(self.t)
-        return np.asarray(self.v)[(t >= t0) & (t <= t1)]
+        # The sampler thread appends to t, then to v, while this runs: read both at
+        # one length so a sample half-written is left for the next window.
+        n = min(len(self.t), len(self.v))
+        t = np.asarray(self.t[:n])
+        return np.asarray(self.v[:n])[(t >= t0) & (t <= t1)]
 
 
 class Sampler:
