@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,3 +214,32 @@ def short_plan(tmp_path: Path) -> Path:
     path = tmp_path / "plan.yaml"
     path.write_text(SHORT_PLAN)
     return path
+
+
+# -- training tests ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tests: their models are tiny, and on a busy
+    machine two threads spin-wait (the sweep's workers run with one too)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def copy_training_cases(folder: Path) -> Path:
+    """The models built to break each check, copied where a user keeps a model file
+    (with the neighbour it imports); returns the FILE.py the specs name."""
+    here = Path(__file__).resolve().parent
+    for name in ("training_cases.py", "training_blocks.py"):
+        shutil.copy(here / name, folder / name)
+    return folder / "training_cases.py"
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_training_cases(tmp_path_factory.mktemp("user-models"))

@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def wait_until(read: Callable[[], T], ready: Callable[[T], bool], timeout_s: float, what: str) -> T:
+def wait_until(
+    read: Callable[[], T], ready: Callable[[T], bool], timeout_s: float, what: str, every_s: float = 0.02
+) -> T:
     """Read until `ready(value)` holds and return that value; fail naming `what`
     and the last value read when `timeout_s` passes first."""
     end = time.monotonic() + timeout_s
@@ -22,7 +24,7 @@ def wait_until(read: Callable[[], T], ready: Callable[[T], bool], timeout_s: flo
             return value
         if time.monotonic() > end:
             raise AssertionError(f"no {what} within {timeout_s:g} s; last read: {value!r}")
-        time.sleep(0.02)  # the interval between two reads of the condition, not a wait for it
+        time.sleep(every_s)  # the interval between two reads of the condition, not a wait for it
 
 
 def get_json(url: str) -> Any:
@@ -33,3 +35,9 @@ def get_json(url: str) -> Any:
 def model_stats(metrics_url: str, model: str) -> dict[str, Any]:
     """The model's entry of the server's /stats document (queue depth, in flight, outcomes)."""
     return dict(get_json(metrics_url + "/stats")["models"][model])
+
+
+def eventually(check: Callable[[], T], what: str, timeout_s: float) -> T:
+    """`check()`'s first truthy value (a Prometheus query's data, a firing alert),
+    read every half second: a query is not free, and scrapes come every second."""
+    return wait_until(check, bool, timeout_s, what, every_s=0.5)

@@ -42,6 +42,7 @@ from exporters.stack import RULES, Job, prometheus_config, start_prometheus, sta
 from loadtest.results import Summary
 from server.netutil import free_port
 from tests.conftest import ServerProcess, infer_request, locust_cmd
+from tests.server_support import eventually
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -106,13 +107,7 @@ class Stack:
 
 
 def _eventually(check: Callable[[], Any], timeout_s: float = DEADLINE_S, what: str = "") -> Any:
-    end = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > end:
-            assert value, f"not within {timeout_s} s: {what}"
-            return value
-        time.sleep(0.5)
+    return eventually(check, what, timeout_s)
 
 
 def _load(stop: threading.Event, identity: ServerProcess, leaky: ServerProcess) -> None:

@@ -438,7 +438,7 @@ def test_interactive_locust_runs_here(tmp_path: Path) -> None:
                 if json.load(resp).get("workers"):
                     break
             assert worker.procs["worker"].poll() is None, cluster.log(worker, "worker")[-3000:]
-            time.sleep(0.5)
+            time.sleep(0.5)  # the interval between two reads of /stats/requests, not a wait for it
         else:
             pytest.fail("the worker did not connect:\n" + cluster.log(worker, "worker")[-3000:])
         with urllib.request.urlopen(f"{web}/metrics", timeout=5) as resp:

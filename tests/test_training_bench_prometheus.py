@@ -29,6 +29,7 @@ import yaml
 from exporters import grafana
 from exporters.prometheus_api import PrometheusAPI, has_data
 from exporters.stack import Job, prometheus_config, start_prometheus, start_pushgateway, write_config
+from tests.server_support import eventually
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -47,13 +48,7 @@ class Stack:
 
 
 def _eventually(check: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > end:
-            assert value, f"not within {timeout_s} s: {what}"
-            return value
-        time.sleep(0.5)
+    return eventually(check, what, timeout_s)
 
 
 def _bench(tmp: Path, run_id: str, *args: str) -> list[str]:

@@ -7,36 +7,17 @@ neighbour module) loaded through `FILE.py:FUNC`, as a user's would be.
 from __future__ import annotations
 
 import math
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from training.checks import CHECKS
 from training.config import TrainConfig
 from training.pipeline import run_checks
 from training.summary import CheckResult, TrainingSummary
 
-HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread: these models are tiny, and on a busy machine two threads spin-wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("user-models")
-    for name in ("training_cases.py", "training_blocks.py"):
-        shutil.copy(HERE / name, folder / name)
-    return folder / "training_cases.py"
 
 
 def by_name(summary: TrainingSummary) -> dict[str, CheckResult]:

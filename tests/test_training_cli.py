@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -23,20 +21,8 @@ SVG = "{http://www.w3.org/2000/svg}"
 ROOT = HERE.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(scope="module")
-def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("user-models")
-    for name in ("training_cases.py", "training_blocks.py"):
-        shutil.copy(HERE / name, folder / name)
-    return folder / "training_cases.py"
 
 
 def test_detached_model_report_names_the_parameters(

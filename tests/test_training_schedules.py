@@ -3,8 +3,6 @@ did and fails a trace that departs from it, naming the step."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -14,13 +12,7 @@ from training.config import TrainConfig
 from training.errors import SetupError
 from training.optim import make_optimizer, make_schedule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ctx(schedule: str, epochs: int = 3, kw: dict[str, float] | None = None) -> CheckContext:

@@ -4,29 +4,19 @@ they should (and equal the same training run here), optimizers side by side, mod
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.conftest import copy_training_cases
 from training.cli import main
 from training.config import TrainConfig
 from training.runner import train
 from training.studies import sensitivity
 from training.summary import TrainingSummary
 
-HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the sweep's workers run
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow
@@ -129,8 +119,7 @@ def test_compare_optimizers_same_budget_with_time_to_target(tmp_path: Path) -> N
 def test_compare_models_measures_size_memory_and_speed(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     folder.mkdir()
-    for name in ("training_cases.py", "training_blocks.py"):
-        shutil.copy(HERE / name, folder / name)
+    copy_training_cases(folder)
     code = main(
         [
             "compare",
