@@ -101,6 +101,7 @@ class Stack:
     down_target: str
     loadgen_ports: list[int]
     pushed: Summary  # the summary a real run pushed as the module started
+    pushed_to: ServerProcess  # the server the pushing runs load (not a leak-alert target)
 
     def instance(self, srv: ServerProcess) -> str:
         return f"127.0.0.1:{srv.metrics_port}"
@@ -204,6 +205,10 @@ def stack(
     fast = ("--memory-interval-s", "0.2", "--leak-warmup-s", "20")
     identity = start_module_server("--model", "identity", *fast)
     leaky = start_module_server("--model", "leaky", "--param", "leak_bytes=131072", *fast)
+    # The runs that push summaries load a server of their own: a soak started now
+    # may still be opening connections on `identity` after its leak warm-up, and
+    # that step in its RSS is not what the leak alert test is about.
+    pushed_to = start_module_server("--model", "identity", *fast)
     stop = threading.Event()
     loader = threading.Thread(target=_load, args=(stop, identity, leaky), daemon=True)
     loader.start()
@@ -217,7 +222,7 @@ def stack(
         _start_loadgen(tmp, identity, "good"),
         _start_loadgen(tmp, identity, "bad", "--datatype", "INT32"),
     ]
-    pusher = _pushing_run(tmp, identity, gateway.url, RUN_ID, PASSING_SOAK)
+    pusher = _pushing_run(tmp, pushed_to, gateway.url, RUN_ID, PASSING_SOAK)
     try:
         jobs = [
             Job("modelsoak-server", [f"127.0.0.1:{s.metrics_port}" for s in (identity, leaky)]),
@@ -233,7 +238,9 @@ def stack(
         pushed = _pushed(pusher, tmp, RUN_ID)
         # the leak slope too: every modelsoak_run_* series a dashboard reads was pushed
         assert pushed.memory.leak is not None and pushed.memory.leak.slope_bytes_per_s is not None
-        st = Stack(api, identity, leaky, gateway.url, rules, down, [port for _, port in loadgens], pushed)
+        st = Stack(
+            api, identity, leaky, gateway.url, rules, down, [port for _, port in loadgens], pushed, pushed_to
+        )
         rates = "sum by (instance) (rate(modelsoak_requests_total[5s]))"
         _eventually(lambda: len(api.query(rates)["result"]) == 2, what="request rates of both servers")
         _eventually(lambda: has_data(api.query("modelsoak_run_passed")), what="the pushed summary")
@@ -390,7 +397,7 @@ def test_pushed_summary_reaches_prometheus(stack: Stack, tmp_path: Path) -> None
     first = stack.prom.query(f'modelsoak_run_latency_seconds{{run_id="{RUN_ID}", quantile="0.99"}}')["result"]
     assert stack.pushed.totals.latency_ms is not None
     assert float(first[0]["value"][1]) == pytest.approx(stack.pushed.totals.latency_ms.p99 / 1000)
-    failed = _pushed(_pushing_run(tmp_path, stack.identity, stack.gateway_url, "failed-run", FAILING_SOAK),
+    failed = _pushed(_pushing_run(tmp_path, stack.pushed_to, stack.gateway_url, "failed-run", FAILING_SOAK),
                      tmp_path, "failed-run")  # fmt: skip
     assert failed.exit_code != 0 and not next(c for c in failed.slo if c.name == "soak p99").passed
     result = _eventually(
