@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from exporters.dashboard_stream import streaming_row
 from exporters.grafana import Panel, Q, Row, alerts_annotation, bool_mapping, dashboard, query_variable
 
 RI = "$__rate_interval"
@@ -301,6 +302,7 @@ def live() -> dict[str, Any]:
         *_latency_rows(),
         throughput_row(),
         _batching_row(),
+        streaming_row(),
         _gpu_row(),
         Row("Memory and leaks", [*memory_panels(9), leak_stat(6)]),
         Row("Server process", [cpu]),

@@ -37,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from server.netutil import port_in_use
+
 HERE = Path(__file__).resolve().parent
 RULES = HERE / "rules" / "modelsoak-alerts.yml"
 TRAINING_RULES = HERE / "rules" / "modelsoak-training-alerts.yml"
@@ -244,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    for what, port in (("Prometheus", args.prometheus_port), ("Pushgateway", args.pushgateway_port)):
+        if port_in_use("127.0.0.1", port):
+            flag = f"--{what.lower()}-port"
+            print(f"exporters.stack: {what} port {port} on 127.0.0.1 is already in use ({flag}); "
+                  "expected a free port, or 0 to pick one", file=sys.stderr)  # fmt: skip
+            return 2
     try:
         return _run(args, stop)
     except (FileNotFoundError, RuntimeError, TimeoutError) as exc:

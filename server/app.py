@@ -91,6 +91,7 @@ class InferenceServer:
                 await self.stop(0)  # taken since the check: close what is open, then say why
                 raise
             self.metrics_port = self.http.server_port
+            self.core.metrics_port, self.core.metrics_tls = self.metrics_port, self.tls is not None
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if s.profile_requests:
             for model in self.core.registry.loaded():
@@ -163,9 +164,9 @@ class InferenceServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         models = self.core.registry.loaded()
         for m in models:
-            m.scheduler.close()
+            m.close()
         for m in models:
-            if not await m.scheduler.drain(max(0.0, end - time.monotonic())):
+            if not await m.drain(max(0.0, end - time.monotonic())):
                 log.warning("model %s: requests still running when the grace period ended", m.info.name)
         if self.grpc_server is not None and close_grpc:
             await self.grpc_server.stop(max(0.0, end - time.monotonic()))
@@ -177,9 +178,7 @@ class InferenceServer:
         self.core.sampler.stop()
         self.core.profiler.finish_all()
         for m in models:
-            m.scheduler.shutdown_threads()
-            for inst in m.scheduler.instances:
-                inst.close()
+            m.shutdown()
 
 
 def _ms(seconds: float) -> int:
@@ -188,7 +187,7 @@ def _ms(seconds: float) -> int:
 
 
 def grpc_limits(s: ServerSettings) -> list[tuple[str, int]]:
-    """The per-connection limits the gRPC server enforces (README: Security)."""
+    """The per-connection limits the gRPC server enforces (docs/reference/server.md, Security)."""
     return [
         ("grpc.max_concurrent_streams", s.grpc_max_concurrent_streams),
         ("grpc.max_connection_idle_ms", _ms(s.grpc_max_connection_idle_s)),

@@ -63,3 +63,16 @@ _PARSE_NAMES = (
     ("batch_size", BATCH_SIZE_KEY),
     ("batch_requests", BATCH_REQUESTS_KEY),
 )
+
+# Streaming responses (one per token): where the token came from, and on the
+# first and final responses the request's own timing and token counts.
+TOKEN_INDEX_KEY = PREFIX + "token_index"
+OCCUPANCY_KEY = PREFIX + "batch_occupancy"
+STEP_KEY = PREFIX + "step_ns"
+PREFILL_KEY = PREFIX + "prefill_ns"
+TTFT_KEY = PREFIX + "ttft_ns"
+PROMPT_TOKENS_KEY = PREFIX + "prompt_tokens"
+COMPLETION_TOKENS_KEY = PREFIX + "completion_tokens"
+FINISH_REASON_KEY = PREFIX + "finish_reason"
+QUEUE_KEY = _QUEUE
+TOTAL_KEY = _TOTAL

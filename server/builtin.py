@@ -47,6 +47,8 @@ __all__ = [
     "file_sha256",
     "list_builtin_models",
     "release_leaked",
+    "resolve_params",
+    "with_seed",
 ]
 
 #: Bump when any built-in's definition changes: it is part of every cache key.
@@ -57,6 +59,16 @@ ONNX_IR_VERSION = 8
 
 
 _SEED_LOCK = threading.Lock()
+
+
+def with_seed(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
+    """`make()` with the global generator seeded: the same weights every time."""
+    # Module constructors draw from the global generator: fork it (callers'
+    # random state stays as it was) and hold a lock (two threads building
+    # at once would interleave their draws and get different weights).
+    with _SEED_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
 
 
 def default_cache_dir() -> Path:
@@ -104,12 +116,7 @@ class BuiltModel:
 
     def module(self) -> nn.Module:
         """A fresh module, weights from this model's seed, in eval mode."""
-        # Module constructors draw from the global generator: fork it (callers'
-        # random state stays as it was) and hold a lock (two threads building
-        # at once would interleave their draws and get different weights).
-        with _SEED_LOCK, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return self.make_module().eval()
+        return with_seed(self.seed, self.make_module).eval()
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         """Zeros of the input shapes, -1 dims replaced (batch, then 2)."""
@@ -150,23 +157,7 @@ class BuiltinModel:
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with `given`, each value checked and converted."""
-        unknown = sorted(set(given) - set(self.params))
-        if unknown:
-            accepted = ", ".join(f"{k} (default {p.default!r})" for k, p in self.params.items())
-            raise ModelLoadError(
-                f"built-in model {self.name!r} has no parameter(s) {', '.join(unknown)}; "
-                f"it accepts: {accepted or 'no parameters'}"
-            )
-        resolved = {}
-        for key, spec in self.params.items():
-            value = given.get(key, spec.default)
-            try:
-                resolved[key] = _convert(key, value, spec.default)
-            except (TypeError, ValueError) as exc:
-                raise ModelLoadError(
-                    f"built-in model {self.name!r}: parameter {key}={value!r} is invalid: {exc}"
-                ) from exc
-        return resolved
+        return resolve_params(self.name, self.params, given)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -175,6 +166,27 @@ class BuiltinModel:
 
     def build(self, given: Mapping[str, Any] | None = None) -> BuiltModel:
         return self.build_fn(self.resolve(given or {}))
+
+
+def resolve_params(name: str, params: Mapping[str, Param], given: Mapping[str, Any]) -> dict[str, Any]:
+    """A built-in's parameter defaults overlaid with `given`, each value checked and converted."""
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        accepted = ", ".join(f"{k} (default {p.default!r})" for k, p in params.items())
+        raise ModelLoadError(
+            f"built-in model {name!r} has no parameter(s) {', '.join(unknown)}; "
+            f"it accepts: {accepted or 'no parameters'}"
+        )
+    resolved = {}
+    for key, spec in params.items():
+        value = given.get(key, spec.default)
+        try:
+            resolved[key] = _convert(key, value, spec.default)
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(
+                f"built-in model {name!r}: parameter {key}={value!r} is invalid: {exc}"
+            ) from exc
+    return resolved
 
 
 def _convert(key: str, value: Any, default: Any) -> Any:
@@ -197,7 +209,8 @@ def _convert(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, float) and not value.is_integer():
             raise ValueError("expected a whole number")
         count = int(value)
-        if count < (0 if key == "leak_bytes" else 1):
+        # 0 is allowed where it is the default (it then means "none" or "automatic").
+        if count < (0 if key == "leak_bytes" or default == 0 else 1):
             raise ValueError("out of range")
         return count
     if isinstance(default, float):
@@ -330,7 +343,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 
 
 def list_builtin_models() -> list[tuple[str, str]]:
-    """(name, description) of every built-in, for `--list-models` and the README."""
+    """(name, description) of every built-in, for `--list-models` and the docs."""
     return [(m.name, m.description) for m in BUILTIN_MODELS.values()]
 
 

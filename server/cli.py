@@ -107,9 +107,13 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 def _list_models() -> int:
     from server.builtin import BUILTIN_MODELS
+    from server.builtin_stream import STREAMING_MODELS
 
-    for name, model in BUILTIN_MODELS.items():
-        print(f"{name}\n    {model.description}\n    params: {model.defaults}\n")
+    listed: list[tuple[str, str, dict[str, object]]] = [
+        (name, m.description, m.defaults) for name, m in BUILTIN_MODELS.items()
+    ] + [(name, m.description, m.defaults) for name, m in STREAMING_MODELS.items()]
+    for name, description, defaults in listed:
+        print(f"{name}\n    {description}\n    params: {defaults}\n")
     return 0
 
 

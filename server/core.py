@@ -8,21 +8,25 @@ transports use; server/app.py binds it to ports.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from typing import Any
 
 from server.admin import AdminGate
 from server.backends import prepare_model
+from server.builtin_stream import STREAMING_MODELS
 from server.config import ServerSettings
 from server.dataplane import DataPlane
+from server.generation import STREAM_INPUTS, STREAM_OUTPUTS, NoTensors
 from server.leak import LeakCache
 from server.memory import MemorySampler
 from server.profiling import ProfileLimits, ProfileManager
 from server.repository import ModelEntry, ModelRegistry, ServedModel, parse_tensor_spec, resolve
 from server.scheduler import Scheduler
 from server.stats import ModelStats
-from server.types import ModelInfo
+from server.types import PLATFORM_GENERATIVE, ModelInfo
 
 log = logging.getLogger("modelsoak.server")
 
@@ -43,6 +47,10 @@ class ServerCore:
         self.admin = AdminGate(settings)
         self.leaks = LeakCache(self.sampler, settings.leak_warmup_s)
         self.started_at = time.time()
+        # The HTTP port serving /metrics once bound (-1: none), and whether it
+        # speaks TLS: the model config advertises them to the load generator.
+        self.metrics_port = -1
+        self.metrics_tls = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._load_lock = asyncio.Lock()
 
@@ -70,6 +78,8 @@ class ServerCore:
         return [self._prepare_entry(entry) for entry in entries]
 
     def _prepare_entry(self, entry: ModelEntry) -> ServedModel:
+        if entry.source in STREAMING_MODELS:
+            return self._prepare_streaming(entry)
         t0 = time.perf_counter()
         try:
             prepared = prepare_model(entry, self.settings.cache_dir)
@@ -105,9 +115,32 @@ class ServerCore:
         )  # fmt: skip
         return ServedModel(info, scheduler, stats, entry)
 
+    def _prepare_streaming(self, entry: ModelEntry) -> ServedModel:
+        """A streaming built-in: a generation engine (on CPU), and a scheduler that
+        serves no tensors (the data plane sends its requests to the engine)."""
+        definition = STREAMING_MODELS[entry.source]
+        try:
+            params = definition.resolve(entry.params)
+            engine = definition.make(entry.name, params)
+        except Exception as exc:
+            self.registry.mark_failed(entry, str(exc))
+            raise
+        key = json.dumps({"source": entry.source, "params": params}, sort_keys=True).encode()
+        info = ModelInfo(
+            name=entry.name, version=entry.version, platform=PLATFORM_GENERATIVE, backend="generative",
+            device="cpu", inputs=list(STREAM_INPUTS), outputs=list(STREAM_OUTPUTS), max_batch_size=0,
+            instances=1, max_queue_delay_us=0, max_queue_size=engine.max_waiting,
+            sha256=hashlib.sha256(key).hexdigest(), source=entry.source,
+            description=definition.description, parameters=dict(params),
+        )  # fmt: skip
+        stats = ModelStats(info.name, info.version)
+        scheduler = Scheduler(info, [NoTensors(entry.name)], stats, self.settings.probes)
+        log.info("prepared streaming model %s version %s (%s)", info.name, info.version, entry.source)
+        return ServedModel(info, scheduler, stats, entry, engine)
+
     def activate(self, model: ServedModel) -> None:
         """Start the model's workers on the running loop and serve it."""
-        model.scheduler.start()
+        model.start()
         self.registry.put(model)
 
     async def load_model(self, name: str) -> None:
@@ -130,11 +163,9 @@ class ServerCore:
                     await self._retire(old)
 
     async def _retire(self, model: ServedModel) -> None:
-        model.scheduler.close()
-        await model.scheduler.drain(self.settings.grace_s)
-        model.scheduler.shutdown_threads()
-        for inst in model.scheduler.instances:
-            inst.close()
+        model.close()
+        await model.drain(self.settings.grace_s)
+        model.shutdown()
 
     @property
     def draining(self) -> bool:

@@ -12,13 +12,14 @@ codes through server/errors.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from server.errors import ServingError, ShuttingDown, status_name
+from server.errors import InvalidInput, ServingError, ShuttingDown, status_name
+from server.generation import Event, FinishEvent, Generation, GenerationEngine, GenerationRequest, Sink
 from server.stats import RequestTiming
 from server.types import ModelInfo
 
@@ -79,6 +80,40 @@ class DataPlane:
             raise ShuttingDown("the server is shutting down and takes no new requests")
         return self.registry.get(name, version)
 
+    async def generate(
+        self, name: str, version: str, parse: Callable[[GenerationEngine], GenerationRequest], sink: Sink
+    ) -> tuple[ServedModel, Generation]:
+        """Start a generation on a streaming model (on the loop): `parse` reads the
+        transport's request with the engine's defaults; events go to `sink`, on the
+        loop. Errors before the first token raise here; later ones arrive as a
+        FinishEvent with reason "error"."""
+        model = self.model(name, version)
+        engine = model.engine
+        if engine is None:
+            raise InvalidInput(
+                f"model '{model.info.name}' is not a streaming model; send it ModelInfer requests"
+            )
+        stats, probes = model.stats, self.probes
+
+        def counted(event: Event) -> None:
+            if probes and isinstance(event, FinishEvent):
+                if event.error is not None:
+                    err = event.error if isinstance(event.error, ServingError) else ServingError(str(event.error))
+                    stats.record_failure(status_name(err), event.total_ns)
+                elif event.reason != "cancelled":
+                    timing = RequestTiming(queue_ns=event.queue_ns, compute_ns=event.total_ns - event.queue_ns,
+                                           total_ns=event.total_ns, batch_size=1, batch_requests=1)  # fmt: skip
+                    stats.record_success(timing, 1)
+            sink(event)
+
+        start = time.perf_counter_ns()
+        try:
+            return model, engine.submit(parse(engine), counted)
+        except ServingError as exc:
+            if probes:
+                stats.record_failure(status_name(exc), time.perf_counter_ns() - start)
+            raise
+
     async def infer(
         self,
         codec: Codec[RequestT, ResponseT],
@@ -90,6 +125,12 @@ class DataPlane:
         """Run one request end to end. The timing's total spans decode to encode."""
         start = time.perf_counter_ns()
         model = self.model(name, version)
+        if model.engine is not None:
+            raise InvalidInput(
+                f"model '{model.info.name}' streams tokens, and this protocol serves tensor models "
+                "only: use KServe ModelInfer / ModelStreamInfer, or the OpenAI API under /v1 on "
+                "the HTTP port"
+            )
         try:
             decoded = codec.decode(request, model.info)
             outputs, timing = await model.scheduler.infer(

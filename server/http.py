@@ -1,10 +1,16 @@
-"""The server's HTTP port: Prometheus /metrics, JSON /stats, /profile and /healthz."""
+"""The server's HTTP port: Prometheus /metrics, JSON /stats, /profile, /healthz, and
+the OpenAI-compatible API of streaming models under /v1 (server/openai_api.py).
+
+A thread per connection: a streaming response holds its thread while it waits
+for tokens (which the generation engines make on the server's loop).
+"""
 
 from __future__ import annotations
 
 import errno
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -16,6 +22,7 @@ from server.admin import PROFILING
 from server.errors import ServingError, http_status
 from server.metrics import build_registry, stats_document, triton_gpu_text
 from server.netutil import PortInUse
+from server.openai_api import OpenAIHandler
 from server.tls import CertStore, handshake_or_refuse, wrap_accepted
 
 if TYPE_CHECKING:
@@ -44,7 +51,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlparse(self.path)
         core = self.server.core
-        if url.path == "/metrics":
+        if url.path.startswith("/v1/"):
+            OpenAIHandler(self, core).get(url.path)
+        elif url.path == "/metrics":
             encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
             body = encoder(self.server.registry)
             extra = self.server.extra_text()
@@ -59,7 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
             ok = core.ready() if url.path == "/readyz" else True
             self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n", "text/plain")
         else:
-            self._json(404, {"error": f"no route {url.path}; try /metrics, /stats, /profile, /healthz"})
+            self._json(
+                404, {"error": f"no route {url.path}; try /metrics, /stats, /profile, /healthz, /v1/models"}
+            )
 
     def _discard_body(self) -> None:
         """/profile takes its arguments in the query; a body sent anyway is read
@@ -101,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         url = urlparse(self.path)
+        if url.path.startswith("/v1/"):
+            OpenAIHandler(self, self.server.core).post(url.path)
+            return
         if url.path != "/profile":
             self._json(404, {"error": f"no route POST {url.path}; try POST /profile?model=NAME&requests=N"})
             return
@@ -129,6 +143,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: hundreds of streaming clients connect at once (the default, 5,
+    # would drop their SYNs and retry them a second later).
+    request_queue_size = 1024
     core: ServerCore
     registry: Any
     extra_text: Any
@@ -136,6 +153,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[Any, Any]:
         sock, peer = super().get_request()
+        # Streamed tokens are small writes: with Nagle's algorithm on, one written while
+        # the client still delays its ACK of the last (a kept-alive connection) waits ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return (wrap_accepted(self.tls, sock) if self.tls else sock), peer
 
     def finish_request(self, request: Any, client_address: Any) -> None:

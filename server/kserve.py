@@ -17,6 +17,7 @@ from server import __version__, breakdown, dtypes, tensors
 from server.admin import REPOSITORY
 from server.dataplane import Decoded
 from server.errors import LoadFailed, ModelNotFound, ServingError, abort, in_band
+from server.kserve_stream import GenerationStreams
 from server.proto import grpc_service_pb2 as pb
 from server.proto import grpc_service_pb2_grpc as pb_grpc
 from server.proto import model_config_pb2 as mc
@@ -64,6 +65,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.codec = KServeCodec()
         # Off only in bench/server.py's elimination runs, which measure its cost.
         self.breakdown_in_response = breakdown_in_response
+        self.streams = GenerationStreams(self.plane, breakdown_in_response and core.plane.probes)
 
     # -- health and metadata ----------------------------------------------------
 
@@ -117,6 +119,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        if self.streams.is_streaming(request):
+            return await self.streams.unary(request, timeout_of(context))
         result = await self.plane.infer(
             self.codec, request.model_name, request.model_version, request, timeout_of(context)
         )
@@ -127,17 +131,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for request in request_iterator:
+        async def unary(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
-                resp = await self._infer(request, context)
-                yield pb.ModelStreamInferResponse(infer_response=resp)
+                return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
             except ServingError as exc:
-                yield pb.ModelStreamInferResponse(
+                return pb.ModelStreamInferResponse(
                     error_message=in_band(exc),
                     infer_response=pb.ModelInferResponse(
                         model_name=request.model_name, model_version=request.model_version, id=request.id
                     ),
                 )
+
+        async for response in self.streams.stream(request_iterator, unary):
+            yield response
 
     # -- Triton extensions ---------------------------------------------------------
 
@@ -145,7 +151,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         model = await self._model(request.name, request.version, context)
-        return pb.ModelConfigResponse(config=model_config(model))
+        cfg = model_config(model)
+        if self.core.metrics_port > 0:
+            # Where this server's Prometheus metrics are (the load generator watches its
+            # memory from there without --server-metrics-url): port, and scheme.
+            cfg.parameters["metrics_port"].string_value = str(self.core.metrics_port)
+            cfg.parameters["metrics_scheme"].string_value = "https" if self.core.metrics_tls else "http"
+        return pb.ModelConfigResponse(config=cfg)
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
@@ -227,6 +239,8 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
         )
     kind = mc.ModelInstanceGroup.KIND_GPU if info.device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
     cfg.instance_group.add(name=f"{info.name}_0", count=info.instances, kind=kind)
+    if model.engine is not None:  # one request, many responses: Triton's decoupled models
+        cfg.model_transaction_policy.decoupled = True
     if info.batchable:
         cfg.dynamic_batching.max_queue_delay_microseconds = info.max_queue_delay_us
         cfg.dynamic_batching.default_queue_policy.max_queue_size = info.max_queue_size

@@ -41,6 +41,7 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._server_info()
         yield from self._models([m.stats.snapshot() for m in self.core.registry.loaded()])
+        yield from self._generation()
         yield from self._resources()
         yield from self._leak()
         yield from self._admin()
@@ -117,6 +118,65 @@ class ServerCollector(Collector):
             depth.add_metric(key, s.queue_depth)
             flight.add_metric(key, s.in_flight)
         yield from (reqs, infs, execs, phase, bsize, depth, flight)
+
+    def _generation(self) -> Iterator[Metric]:
+        """Streaming models: tokens, TTFT / ITL / E2E, sequences, KV cache."""
+        mv = ["model", "version"]
+        prompt = CounterMetricFamily("modelsoak_prompt_tokens", "Prompt tokens of generations.", labels=mv)
+        made = CounterMetricFamily("modelsoak_generation_tokens", "Tokens generated.", labels=mv)
+        ended = CounterMetricFamily(
+            "modelsoak_generations", "Generations ended, by reason (length, stop, cancelled, error).",
+            labels=[*mv, "reason"],
+        )  # fmt: skip
+        hists = {
+            "time_to_first_token": HistogramMetricFamily(
+                "modelsoak_time_to_first_token_seconds", "Arrival to first token of a generation.", labels=mv
+            ),
+            "inter_token_latency": HistogramMetricFamily(
+                "modelsoak_inter_token_latency_seconds", "Time between two tokens of a generation.", labels=mv
+            ),
+            "e2e_request_latency": HistogramMetricFamily(
+                "modelsoak_e2e_request_latency_seconds", "Arrival to last token of a generation.", labels=mv
+            ),
+            "generation_queue_time": HistogramMetricFamily(
+                "modelsoak_generation_queue_time_seconds",
+                "Arrival to admission into the running batch.",
+                labels=mv,
+            ),
+            "prefill_time": HistogramMetricFamily(
+                "modelsoak_prefill_time_seconds", "Prefill of the prompt (tiny-lm; stream-sleep has none).", labels=mv
+            ),
+        }
+        occ = HistogramMetricFamily(
+            "modelsoak_batch_occupancy", "Sequences in one decode step (continuous batching).", labels=mv
+        )
+        running = GaugeMetricFamily("modelsoak_sequences_running", "Sequences generating now.", labels=mv)
+        waiting = GaugeMetricFamily(
+            "modelsoak_sequences_waiting", "Generations queued for a slot.", labels=mv
+        )
+        kv = GaugeMetricFamily("modelsoak_kv_cache_tokens", "Tokens held in the KV cache.", labels=mv)
+        kv_cap = GaugeMetricFamily(
+            "modelsoak_kv_cache_capacity_tokens", "KV-cache budget in tokens.", labels=mv
+        )
+        for m in self.core.registry.loaded():
+            engine = m.engine
+            if engine is None:
+                continue
+            key = [m.info.name, m.info.version]
+            s = engine.stats.snapshot()
+            prompt.add_metric(key, s.prompt_tokens)
+            made.add_metric(key, s.generation_tokens)
+            for reason, n in sorted(s.finished.items()):
+                ended.add_metric([*key, reason], n)
+            for name, h in s.histograms.items():
+                hists[name].add_metric(key, _buckets(h), h.sum)
+            occ.add_metric(key, _buckets(s.occupancy), s.occupancy.sum)
+            running.add_metric(key, engine.running())
+            waiting.add_metric(key, engine.waiting())
+            used, capacity = engine.kv_tokens()
+            kv.add_metric(key, used)
+            kv_cap.add_metric(key, capacity)
+        yield from (prompt, made, ended, *hists.values(), occ, running, waiting, kv, kv_cap)
 
     def _resources(self) -> Iterator[Metric]:
         latest = self.core.sampler.latest()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import yaml
 
 from server.backends import ModelSource
 from server.errors import ModelNotFound, ModelNotReady
+from server.generation import GenerationEngine
 from server.scheduler import Scheduler
 from server.stats import ModelStats
 from server.types import ModelInfo, TensorSpec
@@ -223,6 +225,36 @@ class ServedModel:
     scheduler: Scheduler
     stats: ModelStats
     entry: ModelEntry
+    # A streaming model's generations run here; its scheduler then serves no tensors.
+    engine: GenerationEngine | None = None
+
+    def start(self) -> None:
+        """Start the workers on the running loop."""
+        self.scheduler.start()
+        if self.engine is not None:
+            self.engine.start()
+
+    def close(self) -> None:
+        """Refuse new requests; queued and running ones complete."""
+        self.scheduler.close()
+        if self.engine is not None:
+            self.engine.close()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or running; False on timeout."""
+        end = time.monotonic() + timeout_s
+        drained = await self.scheduler.drain(timeout_s)
+        if self.engine is not None:
+            drained = await self.engine.drain(max(0.0, end - time.monotonic())) and drained
+        return drained
+
+    def shutdown(self) -> None:
+        """Stop the threads and release the instances (after drain)."""
+        self.scheduler.shutdown_threads()
+        for inst in self.scheduler.instances:
+            inst.close()
+        if self.engine is not None:
+            self.engine.shutdown()
 
 
 class ModelRegistry:

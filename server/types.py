@@ -18,6 +18,8 @@ import numpy as np
 PLATFORM_ONNX = "onnxruntime_onnx"
 PLATFORM_TORCH = "pytorch_libtorch"
 PLATFORMS = {"onnx": PLATFORM_ONNX, "torch": PLATFORM_TORCH}
+# Streaming (token-generating) models, served by a generation engine, not a backend.
+PLATFORM_GENERATIVE = "modelsoak_generative"
 # Triton's ModelConfig `backend` field, by our backend name.
 TRITON_BACKENDS = {"onnx": "onnxruntime", "torch": "pytorch"}
 

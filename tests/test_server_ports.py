@@ -79,3 +79,18 @@ def test_second_server_on_a_busy_port_exits_2_and_says_why(
     x = np.ones((1, 4), np.float32)
     resp = first.stub().ModelInfer(infer_request("identity", {"INPUT0": x}), timeout=10)
     assert np.frombuffer(resp.raw_output_contents[0], np.float32).tolist() == x.ravel().tolist()
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("which", ["gRPC", "metrics"])
+def test_modelsoak_server_on_a_port_another_program_holds_exits_2_naming_it(
+    listener: int, model_cache: Path, which: str
+) -> None:
+    """Not another modelsoak server: any listener (here a bare socket) on the port."""
+    grpc_port, metrics_port = (listener, 0) if which == "gRPC" else (0, listener)
+    cmd = [str(Path(sys.executable).parent / "modelsoak-server"), "--model", "identity",
+           "--cache-dir", str(model_cache), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 2, run.stderr
+    assert f"{which} port {listener} on 127.0.0.1 is already in use" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr
