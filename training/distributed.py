@@ -61,7 +61,16 @@ def setup(device: str) -> tuple[str, tuple[int, int] | None]:
 
 
 def teardown() -> None:
+    """Leave the process group once every rank is done with it.
+
+    The barrier keeps a rank from closing its connections while a peer is
+    still in a collective (a closed peer socket can abort gloo's threads).
+    """
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError as e:  # a peer already failed: its own error is the one to report
+            print(f"modelsoak-train: leaving the process group without its peers: {e}", file=sys.stderr)
         dist.destroy_process_group()
 
 

@@ -19,6 +19,7 @@ gpu_power_watts, gpu_metrics_info{status, reason}, running.
 from __future__ import annotations
 
 import bisect
+import errno
 import math
 import threading
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from training.bench_probes import memory_limit_bytes
+from training.errors import SetupError
 from training.steptimer import PHASES
 
 P = "modelsoak_training_"
@@ -75,7 +77,14 @@ class TrainingMonitor:
         self.server: Any = None
         self.port: int | None = None
         if port is not None:
-            self.server, _ = start_http_server(port, addr=addr, registry=self.registry)
+            try:
+                self.server, _ = start_http_server(port, addr=addr, registry=self.registry)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise SetupError(
+                    f"--metrics-port {port}: metrics port {port} on {addr} is already in use; expected a free port"
+                ) from None
             self.port = int(self.server.server_port)
             print(f"training metrics on http://{addr}:{self.port}/metrics", flush=True)
         self.gpu_reason = ""
