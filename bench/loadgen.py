@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench._client_cpu import tree_cpu as _tree_cpu
 from bench._procs import LOCUST, ROOT, headless_locust, interleaved, median, our_server, spawn_quiet
 from server.leak import LeakSettings, detect_leak
 from server.netutil import free_port
@@ -38,13 +39,14 @@ def _locust_rps(
         proc = spawn_quiet(cmd, tmp)
         ps = psutil.Process(proc.pid)
         time.sleep(3.0)  # start-up and spawning excluded from the CPU count
-        c0, t0 = ps.cpu_times(), time.monotonic()
+        # The whole tree: our Locust process makes its calls in a child (loadtest.engine).
+        c0, t0 = _tree_cpu(ps), time.monotonic()
         time.sleep(max(duration - 5.0, 1.0))
-        c1, t1 = ps.cpu_times(), time.monotonic()
+        c1, t1 = _tree_cpu(ps), time.monotonic()
         proc.wait(120)
         entries = json.loads(stats.read_text())
     requests = sum(e["num_requests"] for e in entries if e["name"] != "warmup")
-    cpu_s = (c1.user - c0.user) + (c1.system - c0.system)
+    cpu_s = c1 - c0
     rps = requests / duration
     # requests in the measured window, approximated by the run's average rate
     return {

@@ -23,7 +23,7 @@ from modelsoak_pytest import expect
 
 MODEL = os.environ.get("MODELSOAK_EXAMPLE_MODEL", "mlp")
 # Regression tolerance: the template's 10 %. Short runs on a shared CI machine
-# vary by more than that; CI raises it (README, "pytest plugin").
+# vary by more than that; CI raises it (docs/how-to/ci-regression.md, "pytest plugin").
 TOLERANCE = float(os.environ.get("MODELSOAK_EXAMPLE_REGRESSION_TOLERANCE", "0.10"))
 LATENCY_MS, SAMPLES_PER_S, BATCH32_MS, PEAK_BYTES = 100.0, 100.0, 1000.0, 2e9
 

@@ -2,9 +2,10 @@
 
 This is the one file in this folder (the library is the `loadtest` package):
 exactly one concrete User class and one LoadTestShape. Protocol, model, batch
-size, scenario, SLO file and the rest are options (`locust -f loadgen/ --help`,
-or the web UI's "custom parameters"); with --scenario none, -u / -r / -t behave
-as in plain Locust.
+size, scenario, SLO file and the rest are options (loadtest.flags; `modelsoak
+--help` lists them beside Locust's own, since Locust prints --help before it
+imports a locustfile; in the web UI they are the "Custom parameters"); with
+--scenario none, -u / -r / -t behave as in plain Locust.
 """
 
 from __future__ import annotations

@@ -116,10 +116,16 @@ def _read_scalar(tp: Any, data: Any, where: str) -> Any:
     raise SchemaError(f"{where}: expected {tp.__name__}, got {data!r:.60}")
 
 
+@functools.cache
+def _hints(tp: type) -> dict[str, Any]:
+    """A dataclass's resolved field types (evaluating them costs more than reading a small document)."""
+    return typing.get_type_hints(tp)
+
+
 def _read_dataclass(tp: Any, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise SchemaError(f"{where}: expected a mapping, got {data!r:.60}")
-    hints = typing.get_type_hints(tp)
+    hints = _hints(tp)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(tp):
         key = json_name(f)

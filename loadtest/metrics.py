@@ -4,8 +4,12 @@ port of its own in headless runs), and the end-of-run push to a Pushgateway."""
 from __future__ import annotations
 
 import bisect
+import errno
+import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -13,7 +17,10 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from loadtest.run import runs
+from loadtest import fold
+from loadtest.recorder import merge_openloop
+from loadtest.run import Run, runs
+from server.netutil import PortInUse
 from server.stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -25,19 +32,54 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelsoak.loadgen")
 
 
-def hdr_buckets(hist: HdrHistogram) -> tuple[list[tuple[str, float]], float]:
-    """Prometheus buckets (seconds) and sum from an HDR histogram in µs."""
+def hdr_buckets(hist: HdrHistogram) -> tuple[list[int], float]:
+    """Cumulative counts at each of LATENCY_BUCKETS (seconds) and +Inf, and the
+    sum in seconds, from an HDR histogram in µs."""
     counts = [0] * (len(LATENCY_BUCKETS) + 1)
     total_s = 0.0
     for item in hist.get_recorded_iterator():
         value_s = item.value_iterated_to / 1e6
         counts[bisect.bisect_left(LATENCY_BUCKETS, value_s)] += item.count_at_value_iterated_to
         total_s += value_s * item.count_at_value_iterated_to
-    buckets, running = [], 0
-    for bound, c in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
-        running += c
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-    return buckets, total_s
+    return list(itertools.accumulate(counts)), total_s
+
+
+@dataclass
+class LiveView:
+    """What a scrape shows of a run: per request name the latency buckets and
+    statuses, the open-loop counters, and each worker's CPU samples and last one."""
+
+    latency: dict[str, tuple[list[int], float]]
+    statuses: dict[str, Counter[str]]
+    openloop: Counter[str]
+    cpu: dict[str, tuple[int, float]]
+
+
+def live_view(run: Run) -> LiveView:
+    """A master reads its folded running counts and the workers' latest counters,
+    building no histogram: a scrape every 15 s of a master of hundreds of workers
+    must not hold its event loop (and every worker's report) for a full merge."""
+    if run.role != "master":
+        merged = run.merged()
+        view = LiveView(
+            {name: hdr_buckets(ns.latency) for name, ns in merged.names.items()},
+            {name: Counter(ns.statuses) for name, ns in merged.names.items()},
+            Counter(merged.openloop),
+            {w: (c.n, c.last) for w, c in merged.cpu.items()},
+        )
+        merged.release()
+        return view
+    snapshots = dict(run.snapshots)
+    statuses: dict[str, Counter[str]] = {}
+    for snap in snapshots.values():
+        for name, d in snap.names.items():
+            statuses.setdefault(name, Counter()).update(d.statuses)
+    return LiveView(
+        {name: fold.buckets(slots, LATENCY_BUCKETS) for name, slots in run.folded.latency.items()},
+        statuses,
+        merge_openloop(snapshots),
+        {w: (snap.cpu.n, snap.cpu.last) for w, snap in snapshots.items()},
+    )
 
 
 class MasterCollector(Collector):
@@ -52,7 +94,7 @@ class MasterCollector(Collector):
         if st is None or st.options is None:
             return
         run = st.run_id
-        merged = st.merged()
+        view = live_view(st)
         info = GaugeMetricFamily(
             "modelsoak_client_run_info",
             "The run (value 1).",
@@ -77,12 +119,12 @@ class MasterCollector(Collector):
             "Requests by name and gRPC status.",
             labels=["run_id", "name", "status"],
         )
-        for name, ns in sorted(merged.names.items()):
-            buckets, total = hdr_buckets(ns.latency)
-            lat.add_metric([run, name], buckets, total)
-            for status, n in sorted(ns.statuses.items()):
+        for name, (cumulative, total) in sorted(view.latency.items()):
+            bounds = [*(repr(b) for b in LATENCY_BUCKETS), "+Inf"]
+            lat.add_metric([run, name], list(zip(bounds, map(float, cumulative), strict=True)), total)
+        for name, statuses in sorted(view.statuses.items()):
+            for status, n in sorted(statuses.items()):
                 reqs.add_metric([run, name, status], n)
-        merged.release()  # a scrape every few seconds: free its histograms now
         yield from (info, lat, reqs)
         runner = st.environment.runner
         assert runner is not None
@@ -108,7 +150,7 @@ class MasterCollector(Collector):
         sends = CounterMetricFamily(
             "modelsoak_client_openloop_sends", "Open-loop sends by outcome.", labels=["run_id", "outcome"]
         )
-        ol = merged.openloop
+        ol = view.openloop
         sends.add_metric([run, "on_time"], max(ol.get("scheduled", 0) - ol.get("late", 0), 0))
         sends.add_metric([run, "late"], ol.get("late", 0))
         sends.add_metric([run, "dropped"], ol.get("dropped", 0))
@@ -118,9 +160,9 @@ class MasterCollector(Collector):
             "Load-generator CPU use, 0..1 per core.",
             labels=["run_id", "worker"],
         )
-        for worker, stats in merged.cpu.items():
-            if stats.n:
-                cpu.add_metric([run, worker], stats.last / 100.0)
+        for worker, (n, last) in view.cpu.items():
+            if n:
+                cpu.add_metric([run, worker], last / 100.0)
         if st.role == "master":
             cpu.add_metric([run, "master"], self._process.cpu_percent(None) / 100.0)
         yield cpu
@@ -151,7 +193,12 @@ def attach(environment: Environment, port: int) -> None:
 
         ssl_args = exporter_ssl_args(environment.parsed_options)
         server = WSGIServer(("0.0.0.0", port), make_wsgi_app(registry), log=None, **ssl_args)
-        server.start()
+        try:
+            server.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUse("0.0.0.0", port, "metrics") from None
         runs(environment).metrics_port = server.server_port
         log.info("Prometheus metrics on port %d%s", server.server_port, " (HTTPS)" if ssl_args else "")
 

@@ -41,10 +41,16 @@ LATE_AFTER_S = 0.050
 DRAIN_S = 2.0
 
 
+# A scheduled send: when (time.monotonic) and the phase that scheduled it, so a
+# send taken after a phase change is still its own phase's.
+Ticket = tuple[float, str]
+
+
 class Dispatcher:
     def __init__(self, recorder: Recorder, max_pending: int, arrival: str, seed: int) -> None:
         self.recorder = recorder
-        self.tickets: Queue[float] = Queue()
+        self.tickets: Queue[Ticket] = Queue()
+        self.label = ""  # the phase now scheduling
         self.max_pending = max_pending
         self.arrival = arrival
         self.rate = 0.0  # requests/s for this process
@@ -56,8 +62,10 @@ class Dispatcher:
         self.until: float | None = None
         self.closed = False
 
-    def set_rate(self, rate: float) -> None:
+    def set_rate(self, rate: float, label: str | None = None) -> None:
         self.rate = max(0.0, rate)
+        if label is not None:
+            self.label = label
 
     def start(self) -> None:
         if not self.closed and (self._greenlet is None or self._greenlet.dead):
@@ -78,8 +86,8 @@ class Dispatcher:
         while (self.tickets.qsize() or self.in_flight) and time.monotonic() < end:
             gevent.sleep(0.02)
 
-    def stop(self) -> list[float]:
-        """Close the schedule; the tickets no user took (their scheduled times)."""
+    def stop(self) -> list[Ticket]:
+        """Close the schedule; the tickets no user took."""
         self.close()
         left = []
         while True:
@@ -126,11 +134,11 @@ class Dispatcher:
                 self.recorder.count_openloop("dropped")
                 continue
             self.recorder.count_openloop("scheduled")
-            self.tickets.put(next_at)
+            self.tickets.put((next_at, self.label))
 
-    def take(self, timeout: float = 0.5) -> float | None:
-        """A user's next scheduled send time (time.monotonic), or None. The
-        user reports the send's end with `ended`."""
+    def take(self, timeout: float = 0.5) -> Ticket | None:
+        """A user's next scheduled send (its time.monotonic and phase), or
+        None. The user reports the send's end with `ended`."""
         try:
             ticket = self.tickets.get(timeout=timeout)
         except Empty:

@@ -1,6 +1,5 @@
-"""Our command-line options, added to Locust's parser (so they also read
-LOCUST_<NAME> variables and locust.conf, and show in the web UI), and the typed
-view the rest of the load generator reads."""
+"""The typed view of our options that the rest of the load generator reads,
+checked as it is made (the options themselves are defined in loadtest.flags)."""
 
 from __future__ import annotations
 
@@ -9,202 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.flags import SCENARIOS
 from loadtest.tls import ClientTls
+from loadtest.workload import Lengths
 
-SCENARIOS = (
-    "none",
-    "latency",
-    "throughput",
-    "batch",
-    "memory",
-    "concurrency",
-    "soak",
-    "stress",
-    "spike",
-    "template",
-)
-
-
-def add_arguments(parser: Any) -> None:
-    """Register our options on Locust's parser (events.init_command_line_parser)."""
-
-    # Straight on the parser: Locust's argument groups do not take include_in_web_ui.
-    def a(flag: str, **kwargs: Any) -> None:
-        # Locust's own options each name their LOCUST_* variable; ours do the same.
-        kwargs.setdefault("env_var", "LOCUST_" + flag.lstrip("-").replace("-", "_").upper())
-        parser.add_argument(flag, **kwargs)
-
-    a(
-        "--protocol",
-        choices=["kserve", "torchserve"],
-        default="kserve",
-        include_in_web_ui=True,
-        help="gRPC API of the target: KServe v2 / Open Inference Protocol (our server, Triton, KServe, "
-        "MLServer) or TorchServe's inference API",
-    )
-    a(
-        "--model",
-        default="",
-        include_in_web_ui=True,
-        help="model to load-test; empty: the only model the server lists",
-    )
-    a("--model-version", default="", include_in_web_ui=True, help="model version; empty: the server's choice")
-    a("--batch-size", type=int, default=1, include_in_web_ui=True, help="samples per request")
-    a(
-        "--input-shape",
-        default="",
-        include_in_web_ui=True,
-        help="dims of one sample (without the batch dim), e.g. 3x224x224; default: from ModelMetadata",
-    )
-    a("--datatype", default="", include_in_web_ui=True, help="input datatype; default: from ModelMetadata")
-    a(
-        "--scenario",
-        choices=SCENARIOS,
-        default="none",
-        include_in_web_ui=True,
-        help="load pattern and checks; none: plain Locust -u/-r/-t",
-    )
-    a(
-        "--slo-file",
-        default="",
-        include_in_web_ui=True,
-        help="YAML test plan: SLO thresholds and scenario parameters (defaults: the performance-test template)",
-    )
-    a(
-        "--baseline",
-        default="",
-        include_in_web_ui=True,
-        help="summary.json of an earlier run to compare p99 latency and throughput with",
-    )
-    a("--results-dir", default="results", include_in_web_ui=True, help="where each run's results folder goes")
-    a(
-        "--run-id",
-        default="",
-        include_in_web_ui=True,
-        help="name of this run's results folder (default: time-based)",
-    )
-    a(
-        "--request-timeout",
-        type=float,
-        default=30.0,
-        include_in_web_ui=True,
-        help="deadline of every call, seconds",
-    )
-    a(
-        "--warmup-requests",
-        type=int,
-        default=10,
-        include_in_web_ui=True,
-        help="first requests of each user left out of the statistics",
-    )
-    a(
-        "--arrival-rate",
-        type=float,
-        default=0.0,
-        include_in_web_ui=True,
-        help="open loop: requests/s scheduled across all workers (0: closed loop, users send back to back)",
-    )
-    a(
-        "--arrival",
-        choices=["constant", "poisson"],
-        default="constant",
-        include_in_web_ui=True,
-        help="open loop: spacing of scheduled sends",
-    )
-    a(
-        "--arrival-ramp-s",
-        type=float,
-        default=0.0,
-        include_in_web_ui=True,
-        help="open loop: ramp the rate up from zero over the run's first seconds (steps: the stress plan's rates)",
-    )
-    a(
-        "--max-pending",
-        type=int,
-        default=1000,
-        include_in_web_ui=True,
-        help="open loop: scheduled sends that may wait for a free user before new ones are dropped",
-    )
-    a(
-        "--server-metrics-url",
-        default="",
-        include_in_web_ui=True,
-        help="the server's metrics: our server's http://HOST:8002 (JSON /stats), or a Prometheus /metrics URL",
-    )
-    a(
-        "--metrics-port",
-        type=int,
-        default=-1,
-        include_in_web_ui=False,
-        help="headless runs: serve the master's Prometheus metrics on this port (-1: off; the web UI has /metrics)",
-    )
-    a(
-        "--pushgateway",
-        default="",
-        include_in_web_ui=True,
-        help="push the final summary to this Pushgateway URL",
-    )
-    a("--seed", type=int, default=0, include_in_web_ui=True, help="seed for input data and Poisson arrivals")
-    a(
-        "--series-interval",
-        type=float,
-        default=2.0,
-        include_in_web_ui=False,
-        help="seconds between points of timeseries.jsonl (and server memory samples)",
-    )
-    a(
-        "--slice-s",
-        type=float,
-        default=10.0,
-        include_in_web_ui=False,
-        help="seconds per time slice: the summary and report carry each slice's throughput and percentiles",
-    )
-    a("--stable", action="store_true", default=False, include_in_web_ui=False,
-      help="measure each phase in windows until the last three agree within 10 %% on throughput and p99")
-    a("--stable-window-s", type=float, default=5.0, include_in_web_ui=False, help="--stable: seconds per window")
-    a("--stable-max-windows", type=int, default=10, include_in_web_ui=False,
-      help="--stable: windows before a phase that has not settled ends (the run is then INVALID)")  # fmt: skip
-    a(
-        "--latency-log",
-        default="",
-        include_in_web_ui=False,
-        help="also write every measured latency (ns, int64) of each process to DIR/latencies-PID.npy, "
-        "to check the reported percentiles against the raw data",
-    )
-    a(
-        "--phase-timeout-s",
-        type=float,
-        default=600.0,
-        include_in_web_ui=True,
-        help="a phase that counts requests (concurrency) ends after this many seconds even when its users "
-        "have not sent them all, and says so in the log (0: wait for ever)",
-    )
-    a(
-        "--master-timeout-s",
-        type=float,
-        default=5.0,
-        help="a worker that hears no heartbeat from its master for this many seconds stops sending, "
-        "writes what it measured to --results-dir and exits 4 (Locust alone waits 60 s and exits 0)",
-    )
-    a(
-        "--payload-file",
-        default="",
-        include_in_web_ui=True,
-        help="torchserve: send this file's bytes as the request's 'data' (for a handler with its own format)",
-    )
-    _add_tls_arguments(a)
-
-
-def _add_tls_arguments(a: Any) -> None:
-    """--host grpcs://... for both protocols. Locust's own --tls-cert/--tls-key
-    serve its web UI over HTTPS, and here the headless --metrics-port too, so
-    the client certificate has flags of its own."""
-    a("--tls-ca", default="", include_in_web_ui=False, help="grpcs: PEM CA bundle the server's "
-      "certificate must chain to (default: the system's roots)")  # fmt: skip
-    a("--tls-client-cert", default="", include_in_web_ui=False, help="grpcs: PEM client certificate (mTLS)")
-    a("--tls-client-key", default="", include_in_web_ui=False, help="grpcs: PEM key of --tls-client-cert")
-    a("--tls-server-name", default="", include_in_web_ui=False,
-      help="grpcs: the name the server's certificate is for, when not the host dialled")  # fmt: skip
+__all__ = ["NOT_REPEATABLE", "SCENARIOS", "Options", "repeat_count"]
 
 
 def _at_least(get: Any, lows: dict[str, float]) -> None:
@@ -214,6 +22,22 @@ def _at_least(get: Any, lows: dict[str, float]) -> None:
         if value is not None and float(value) < low:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} {value}: expected at least {low:g}")
+
+
+# Scenarios whose phases are not one measurement to repeat: a search, a spike, the template's mix.
+NOT_REPEATABLE = ("stress", "capacity", "spike", "template")
+
+
+def repeat_count(value: Any, scenario: str) -> int:
+    n = int(value if value is not None else 1)
+    if n < 1:
+        raise ValueError(f"--repeat {n}: expected a count of at least 1")
+    if n > 1 and scenario in NOT_REPEATABLE:
+        raise ValueError(
+            f"--repeat {n} with --scenario {scenario}: a {scenario} run is not one measurement to repeat; "
+            f"expected --scenario one of {', '.join(s for s in SCENARIOS if s not in NOT_REPEATABLE)}"
+        )
+    return n
 
 
 @dataclass(frozen=True)
@@ -252,6 +76,15 @@ class Options:
     stable: bool = False
     stable_window_s: float = 5.0
     stable_max_windows: int = 10
+    warmup_s: float = 0.0
+    rebalance: bool = True  # --no-rebalance turns it off (the plan's workers.rebalance too)
+    repeat: int = 1  # --repeat: the measured phases, this many times (loadtest.repeats)
+    client_engine: str = "auto"  # --client-engine: where the gRPC calls are made (loadtest.engine)
+    # Streaming protocols (loadtest.workload): prompt and output lengths, prompts file, OpenAI endpoint.
+    input_tokens: str = "128"
+    output_tokens: str = "64"
+    prompts_file: str = ""
+    openai_endpoint: str = "completions"
 
     @classmethod
     def from_parsed(cls, parsed: Any, host: str | None) -> Options:
@@ -270,14 +103,28 @@ class Options:
         batch = int(get("batch_size", 1) or 1)
         if batch < 1:
             raise ValueError(f"--batch-size {batch}: must be at least 1")
-        _at_least(get, {"arrival_rate": 0.0, "arrival_ramp_s": 0.0, "warmup_requests": 0, "max_pending": 1})
+        _at_least(
+            get,
+            {
+                "arrival_rate": 0.0,
+                "arrival_ramp_s": 0.0,
+                "warmup_requests": 0,
+                "warmup_s": 0.0,
+                "max_pending": 1,
+            },
+        )
         if get("request_timeout") is not None and float(get("request_timeout")) <= 0:
             raise ValueError(f"--request-timeout {get('request_timeout')}: expected seconds > 0")
         scenario = get("scenario") or "none"
+        Lengths.parse("--input-tokens", get("input_tokens") or "128")  # a bad spec fails here, named
+        Lengths.parse("--output-tokens", get("output_tokens") or "64")
         slice_s = float(get("slice_s", 10.0) or 0.0)
         if slice_s <= 0:
             raise ValueError(f"--slice-s {get('slice_s')!r}: expected a positive number of seconds")
-        window_s, max_windows = float(get("stable_window_s", 5.0) or 0.0), int(get("stable_max_windows", 10) or 0)
+        window_s, max_windows = (
+            float(get("stable_window_s", 5.0) or 0.0),
+            int(get("stable_max_windows", 10) or 0),
+        )
         if window_s <= 0 or max_windows < 3:
             raise ValueError(
                 f"--stable-window-s {window_s:g} / --stable-max-windows {max_windows}: "
@@ -314,12 +161,23 @@ class Options:
             spawn_rate=get("spawn_rate"),
             run_time=get("run_time"),
             tls=ClientTls(
-                get("tls_ca") or "", get("tls_client_cert") or "", get("tls_client_key") or "", get("tls_server_name") or ""
+                get("tls_ca") or "",
+                get("tls_client_cert") or "",
+                get("tls_client_key") or "",
+                get("tls_server_name") or "",
             ),
             slice_s=slice_s,
             stable=bool(get("stable", False)),
             stable_window_s=window_s,
             stable_max_windows=max_windows,
+            warmup_s=float(get("warmup_s", 0.0) or 0.0),
+            rebalance=not get("no_rebalance", False),
+            repeat=repeat_count(get("repeat", 1), scenario),
+            client_engine=get("client_engine") or "auto",
+            input_tokens=str(get("input_tokens") or "128"),
+            output_tokens=str(get("output_tokens") or "64"),
+            prompts_file=get("prompts_file") or "",
+            openai_endpoint=get("openai_endpoint") or "completions",
         )
 
     def as_record(self) -> dict[str, str | int | float | bool | None]:

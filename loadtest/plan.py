@@ -15,68 +15,143 @@ MIB = 1024 * 1024
 # A plan: section -> key -> value, every key of DEFAULTS present.
 Plan = dict[str, dict[str, Any]]
 
-# The template's numbers. Every key can be overridden in the SLO file.
+# The template's numbers. Every key can be overridden in the SLO file; the comment
+# beside a key (or above a section) is its line in the docs' plan reference.
 DEFAULTS: dict[str, dict[str, Any]] = {
+    # --scenario latency: one phase at a fixed load, judged by its percentiles.
     "latency": {
-        "users": 1,
-        "batch_size": 1,
-        "duration_s": 60,
-        "p50_ms": None,
-        "p95_ms": None,
-        "p99_ms": 100.0,
+        "users": 1,  # closed-loop users (with --arrival-rate: in-flight slots)
+        "batch_size": 1,  # samples per request
+        "duration_s": 60,  # the phase's length
+        "p50_ms": None,  # a median the phase must stay under (null: not judged)
+        "p95_ms": None,  # a p95 the phase must stay under (null: not judged)
+        "p99_ms": 100.0,  # a p99 the phase must stay under (warm-up excluded)
     },
-    "throughput": {"batch_sizes": [1, 8, 16, 32], "users": 4, "phase_s": 20, "min_samples_per_s": 100.0},
-    "batch": {"batch_size": 32, "users": 1, "duration_s": 30, "max_latency_ms": 1000.0, "percentile": 99.0},
-    "memory": {"users": 4, "batch_size": 1, "duration_s": 30, "max_peak_bytes": 2 * 1000**3},
-    "concurrency": {"users": 4, "requests_per_user": 20, "batch_size": 1},
+    # --scenario throughput: one phase per batch size, each judged by its samples/s.
+    "throughput": {
+        "batch_sizes": [1, 8, 16, 32],  # one phase each
+        "users": 4,  # closed-loop users in each phase
+        "phase_s": 20,  # each phase's length
+        "min_samples_per_s": 100.0,  # samples/s every phase must reach
+    },
+    # --scenario batch: large batches, judged by a percentile of their latency.
+    "batch": {
+        "batch_size": 32,  # samples per request
+        "users": 1,  # closed-loop users
+        "duration_s": 30,  # the phase's length
+        "max_latency_ms": 1000.0,  # the latency the percentile must stay under
+        "percentile": 99.0,  # the percentile judged
+    },
+    # --scenario memory: the server's peak memory under load (needs --server-metrics-url).
+    "memory": {
+        "users": 4,  # closed-loop users
+        "batch_size": 1,  # samples per request
+        "duration_s": 30,  # the phase's length
+        "max_peak_bytes": 2 * 1000**3,  # ceiling of the peak: CUDA peak allocated on a GPU, else RSS
+    },
+    # --scenario concurrency: every user sends a fixed count; all must succeed.
+    "concurrency": {
+        "users": 4,  # concurrent clients
+        "requests_per_user": 20,  # requests each sends
+        "batch_size": 1,  # samples per request
+    },
+    # --scenario soak: a long phase; the server's memory trend is tested for a leak, the slices' p99 for drift.
     "soak": {
-        "users": 4,
-        "batch_size": 1,
-        "duration_s": 3600,
-        "p99_ms": None,
-        "max_memory_bytes": None,
-        "leak_warmup_s": 300,
-        "leak_alpha": 0.01,
-        "min_leak_bytes_per_hour": MIB,
+        "users": 4,  # closed-loop users
+        "batch_size": 1,  # samples per request
+        "duration_s": 3600,  # the phase's length
+        "p99_ms": None,  # a p99 the soak must stay under (null: not judged)
+        "max_memory_bytes": None,  # a ceiling of the server's memory (null: not judged)
+        "leak_warmup_s": 300,  # memory samples of the first seconds left out of the leak test
+        "leak_alpha": 0.01,  # significance level of the trend test (Mann-Kendall)
+        "min_leak_bytes_per_hour": MIB,  # growth below this is no leak, however significant
         # Latency drift: the trend of the slices' p99 (loadtest.slices), after a warm-up.
-        "drift_warmup_s": 60.0,
-        "drift_min_slices": 8,
-        "max_p99_drift_ms_per_hour": 0.0,
+        "drift_warmup_s": 60.0,  # slices of the first seconds left out of the drift test
+        "drift_min_slices": 8,  # slices the drift test needs
+        "max_p99_drift_ms_per_hour": 0.0,  # p99 growth allowed per hour
     },
+    # --scenario stress: load stepped up until a step breaks the SLO; the report names the knee.
     "stress": {
-        "start_users": 1,
-        "max_users": 256,
-        "step_factor": 2.0,
-        "step_s": 15,
-        "batch_size": 1,
-        "rates": None,
-        "p99_ms": 100.0,
-        "max_error_ratio": 0.01,
+        "start_users": 1,  # users of the first step
+        "max_users": 256,  # the last step's users at most
+        "step_factor": 2.0,  # users (or rate) multiply by this from step to step
+        "step_s": 15,  # each step's length
+        "batch_size": 1,  # samples per request
+        "rates": None,  # open-loop requests/s of the steps, in order (null: closed-loop user steps)
+        "p99_ms": 100.0,  # a step holds while its p99 stays under this ...
+        "max_error_ratio": 0.01,  # ... and its failed requests under this share
     },
+    # --scenario spike: a base load, a spike, and the recovery after it.
     "spike": {
-        "base_users": 4,
-        "spike_users": 32,
-        "base_s": 20,
-        "spike_s": 10,
-        "recovery_s": 30,
-        "batch_size": 1,
-        "p99_ms": None,
-        "recovery_factor": 1.5,
+        "base_users": 4,  # users before and after the spike
+        "spike_users": 32,  # users during the spike
+        "base_s": 20,  # the base phase's length
+        "spike_s": 10,  # the spike's length
+        "recovery_s": 30,  # the recovery phase's length
+        "batch_size": 1,  # samples per request
+        "p99_ms": None,  # a p99 every phase must stay under (null: not judged)
+        "recovery_factor": 1.5,  # the recovery's p99 may be at most this times the base's
     },
-    # min_sustained_ratio: open loop, successful answers/s over offered sends/s.
-    "errors": {"max_error_ratio": 0.0, "max_dropped_ratio": 0.0, "min_sustained_ratio": 0.95},
-    "regression": {"max_p99_increase": 0.10, "max_throughput_decrease": 0.10},
+    # The capacity search (loadtest.capacity): the highest open-loop rate whose step holds the SLO.
+    "capacity": {
+        "percentile": 99.0,  # one of 50, 90, 95, 99, 99.9 (the percentiles with a confidence interval)
+        "latency_ms": 100.0,  # the latency that percentile must stay under
+        "max_error_ratio": 0.01,  # the share of failed requests a step may have
+        "start_rate": 10.0,  # --arrival-rate, when given, starts the ramp instead
+        "growth": 2.0,  # the ramp multiplies the rate by this until a step fails
+        "precision": 0.05,  # the search stops when (high - low) <= precision x low
+        "min_rate": 0.5,  # the lowest rate tried
+        "max_rate": 100000.0,  # the highest rate tried
+        "max_steps": 30,  # steps at most
+        "min_step_s": 2.0,  # a step's shortest length (longer when its percentile needs more samples)
+        "max_step_s": 600.0,  # a step's longest length
+        "settle_s": 1.0,  # a quiet gap after each step: its last answers arrive before it is judged
+        "batch_size": 1,  # samples per request
+        "min_capacity": None,  # requests/s the found capacity must reach for a PASS
+    },
+    # Errors of every scenario.
+    "errors": {
+        "max_error_ratio": 0.0,  # failed requests / requests
+        "max_dropped_ratio": 0.0,  # open loop: sends dropped or unfinished at stop / scheduled
+        "min_sustained_ratio": 0.95,  # open loop: successful answers/s over offered sends/s
+    },
+    # Against --baseline (an earlier run's summary.json).
+    "regression": {
+        "max_p99_increase": 0.10,  # p99 may grow by this share at most
+        "max_throughput_decrease": 0.10,  # throughput may fall by this share at most
+        "alpha": 0.05,  # with --repeat on both sides, a change is significant when Welch's p-value is below it
+    },
+    # When the generator itself could not measure: the run is INVALID, not PASS or FAIL.
     "validity": {
-        "max_cpu_percent": 90.0,
-        "max_saturated_fraction": 0.10,
-        "max_late_fraction": 0.01,
+        "max_cpu_percent": 90.0,  # a worker above this CPU share counts as saturated ...
+        "max_saturated_fraction": 0.10,  # ... and saturated for more than this share of the run invalidates it
+        "max_late_fraction": 0.01,  # open loop: share of sends the dispatcher may send over 50 ms late
+        # Event-loop ticks of a generator process that may wake late (> 20 ms): more, and the
+        # process was short of CPU (its own, or taken by others), so its latencies include its delays.
+        "max_lagged_fraction": 0.25,
         # Percentile confidence intervals, and the sample count an SLO's percentile needs (loadtest.stats).
         "percentile_confidence": 0.99,
     },
-    # A request is "good" when it succeeds within latency_ms (None: the p99 threshold of its phase's SLO).
+    # A request is "good" when it succeeds within latency_ms (null: the p99 threshold of its phase's SLO).
     "goodput": {"latency_ms": None},
+    # Token-streaming protocols (--protocol openai / kserve-stream): SLOs on every measured phase, and
+    # what makes a streamed request "good" (all of ttft_ms, tpot_ms and e2e_ms that are set).
+    "streaming": {
+        "ttft_p99_ms": None,  # a p99 time to first token every phase must stay under (null: not judged)
+        "tpot_p99_ms": None,  # a p99 time per output token every phase must stay under (null: not judged)
+        "itl_p99_ms": None,  # a p99 inter-token latency every phase must stay under (null: not judged)
+        "ttft_ms": None,  # goodput: a good request's first token came within this (null: any)
+        "tpot_ms": None,  # goodput: ... and its time per output token was within this (null: any)
+        "e2e_ms": None,  # goodput: ... and it ended within this (null: any)
+    },
 }
 TEMPLATE_PARTS = ("latency", "throughput", "batch", "memory", "concurrency")
+
+
+def good_limits(plan: Plan) -> dict[str, float]:
+    """The plan's goodput limits on streamed requests (ms), those it sets."""
+    limits = plan["streaming"]
+    return {k: float(limits[k]) for k in ("ttft_ms", "tpot_ms", "e2e_ms") if limits.get(k) is not None}
 
 
 class PlanError(ValueError):
@@ -116,7 +191,25 @@ def load_plan(path: Path | None) -> Plan:
                         f"SLO file {path}: {section}.{key} = {value!r}; expected a {type(default).__name__}"
                     )
             plan[section][key] = value
+    _check_capacity(path, plan["capacity"])
     return plan
+
+
+CAPACITY_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+
+
+def _check_capacity(path: Path, c: dict[str, Any]) -> None:
+    if float(c["percentile"]) not in CAPACITY_PERCENTILES:
+        raise PlanError(
+            f"SLO file {path}: capacity.percentile = {c['percentile']!r}; expected one of "
+            f"{', '.join(f'{q:g}' for q in CAPACITY_PERCENTILES)}"
+        )
+    positive = ("latency_ms", "start_rate", "min_rate", "max_rate", "precision", "min_step_s", "settle_s")
+    for key in positive:
+        if float(c[key]) <= 0:
+            raise PlanError(f"SLO file {path}: capacity.{key} = {c[key]!r}; expected a number > 0")
+    if float(c["growth"]) <= 1:
+        raise PlanError(f"SLO file {path}: capacity.growth = {c['growth']!r}; expected a factor > 1")
 
 
 def explicit_keys(path: Path | None) -> set[str]:
@@ -174,7 +267,7 @@ def phases_for(scenario: str, plan: Plan, batch_size: int, rate: float) -> list[
         ]
     if scenario == "stress":
         return [stress_step(plan, 0, rate)]
-    return []
+    return []  # capacity: the search makes its steps as it goes (loadtest.capacity)
 
 
 def stress_step(plan: Plan, index: int, rate: float) -> Phase:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -13,15 +14,18 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from locust import events
 
+from loadtest import capacity, search, slo, watchdog
 from loadtest import plan as plans
-from loadtest import slo, watchdog
+from loadtest.engine_client import engine_of
 from loadtest.finish import finish
+from loadtest.flags import add_arguments, uses_engine, web_ui_fields
 from loadtest.openloop import DRAIN_S
-from loadtest.options import Options, add_arguments
-from loadtest.recorder import Snapshot
-from loadtest.results import EXIT_PASS, EXIT_SETUP
+from loadtest.options import Options
+from loadtest.recorder import Recorder, Snapshot
+from loadtest.results import EXIT_PASS, EXIT_SETUP, TargetInfo
 from loadtest.run import PHASE_MESSAGE, PhaseMessage, Run, checked_plan, role_of, runs
 from loadtest.summary import phase_summary
+from server.netutil import PortInUse, port_in_use
 
 if TYPE_CHECKING:
     from locust.env import Environment
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 
 FLUSH_MESSAGE = "modelsoak_flush"
 FINAL_MESSAGE = "modelsoak_final"
+# The master's answer to a report: the last histogram delta it folded (loadtest.fold).
+ACK_MESSAGE = "modelsoak_ack"
 # How long the master waits for the workers' final measurements at the end of a run.
 FLUSH_TIMEOUT_S = 3.0 + DRAIN_S
 
@@ -42,6 +48,38 @@ def _listen(event: Any, listener: Callable[..., None]) -> None:
 
 def _parser(parser: Any) -> None:
     add_arguments(parser)
+    if not getattr(sys.excepthook, "modelsoak", False):
+        sys.excepthook = _master_port_hook(sys.excepthook)
+
+
+def _master_port_hook(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """Locust binds the master's port before any event of ours fires, and a port
+    in use ends it with a traceback: say which port, as a setup error (exit 2)."""
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        from locust.exception import RPCError
+
+        if isinstance(exc, RPCError) and "Address already in use" in str(exc):
+            where = str(exc).rsplit("addr=", 1)[-1].strip("()'")
+            print(f"modelsoak: the run could not start: master port {where} is already in use "
+                  "(--master-bind-port); expected a free port", file=sys.stderr, flush=True)  # fmt: skip
+            sys.stdout.flush()
+            os._exit(EXIT_SETUP)  # nothing runs yet: the runner failed to start
+        previous(kind, exc, tb)
+
+    hook.modelsoak = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _check_web_port(environment: Environment) -> None:
+    """Locust binds the web UI's port after init, and a taken one ends in a traceback."""
+    parsed = environment.parsed_options
+    host = "" if parsed is None or parsed.web_host == "*" else str(parsed.web_host)
+    port = int(getattr(parsed, "web_port", 0) or 0)
+    if port_in_use(host or "0.0.0.0", port):
+        _setup_failed(
+            f"web UI port {port} on {host or '*'} is already in use (--web-port); expected a free port"
+        )
 
 
 def _preflight(environment: Environment) -> None:
@@ -50,9 +88,13 @@ def _preflight(environment: Environment) -> None:
     try:
         checked_plan(Options.from_parsed(environment.parsed_options, environment.host))
     except ValueError as exc:
-        log.error("cannot start the run: %s", exc)
-        print(f"\nmodelsoak: the run could not start: {exc}", flush=True)
-        raise SystemExit(EXIT_SETUP) from None
+        _setup_failed(str(exc))
+
+
+def _setup_failed(why: str) -> None:
+    log.error("cannot start the run: %s", why)
+    print(f"\nmodelsoak: the run could not start: {why}", flush=True)
+    raise SystemExit(EXIT_SETUP)
 
 
 def _init(environment: Environment, **_: Any) -> None:
@@ -62,16 +104,21 @@ def _init(environment: Environment, **_: Any) -> None:
         _preflight(environment)  # the web UI checks each run's options when it starts
     runner = environment.runner
     assert runner is not None
+    if role != "master" and uses_engine(
+        getattr(parsed, "client_engine", "auto"), getattr(parsed, "protocol", "")
+    ):
+        engine_of(environment)  # started now, so it is ready before the first user
     if role == "worker":
         runner.register_message(PHASE_MESSAGE, _on_phase)
         runner.register_message(FLUSH_MESSAGE, _on_flush)
+        runner.register_message(ACK_MESSAGE, _on_ack)
 
         # Locust's report events carry no environment: these close over theirs.
         def report(client_id: str, data: dict[str, Any], **_: Any) -> None:
             data["modelsoak"] = _snapshot(runs(environment).latest())
 
         _listen(environment.events.report_to_master, report)
-        watchdog.watch(environment, lambda: _snapshot(runs(environment).latest()))
+        watchdog.watch(environment, lambda: _snapshot(runs(environment).latest(), cumulative=True))
     if role == "master":
         runner.register_message(FINAL_MESSAGE, _on_final)
 
@@ -81,10 +128,28 @@ def _init(environment: Environment, **_: Any) -> None:
                 _take_report(run, client_id, data)
 
         _listen(environment.events.worker_report, worker_report)
+    if environment.web_ui is not None:
+        _check_web_port(environment)
+        _label_web_ui_fields(environment.web_ui)
     if role in ("master", "local") and environment.parsed_options is not None:
         from loadtest.metrics import attach
 
-        attach(environment, environment.parsed_options.metrics_port)
+        try:
+            attach(environment, environment.parsed_options.metrics_port)
+        except PortInUse as exc:
+            _setup_failed(f"{exc} (--metrics-port); expected a free port, or -1 for none")
+
+
+def _label_web_ui_fields(web_ui: Any) -> None:
+    """Locust rebuilds the page's fields from the parser on every visit; ours then
+    get their group order, label and help (loadtest.flags)."""
+    build = web_ui.update_template_args
+
+    def update_template_args() -> None:
+        build()
+        web_ui.template_args["extra_options"] = web_ui_fields(web_ui.template_args.get("extra_options") or {})
+
+    web_ui.update_template_args = update_template_args
 
 
 # -- a worker ----------------------------------------------------------------------------
@@ -102,15 +167,36 @@ def _on_phase(environment: Environment, msg: Any, **_: Any) -> None:
     run.follow(message)
 
 
-def _snapshot(run: Run | None) -> str:
+def _snapshot(run: Run | None, cumulative: bool = False) -> str:
+    """A report's blob; `cumulative` (histograms whole, for a file) when no master will fold it."""
     if run is None:
         return ""
-    snap = run.recorder.snapshot()
-    snap.run_id = run.run_id
-    snap.token = run.token
-    snap.target = run.target
-    snap.setup_error = run.first_setup_error()
-    return snap.pack()
+    return report_blob(
+        run.recorder, run.run_id, run.token, run.target, run.first_setup_error(), cumulative
+    ).pack()
+
+
+def report_blob(
+    recorder: Recorder,
+    run_id: str,
+    token: str,
+    target: TargetInfo | None,
+    setup_error: str,
+    cumulative: bool = False,
+) -> Snapshot:
+    """What a worker attaches to its report (bench/_reports.py sends the same)."""
+    snap = recorder.snapshot() if cumulative else recorder.report()
+    snap.run_id = run_id
+    snap.token = token
+    snap.target = target
+    snap.setup_error = setup_error
+    return snap
+
+
+def _on_ack(environment: Environment, msg: Any, **_: Any) -> None:
+    run = runs(environment).latest()
+    if run is not None and msg.data.get("token") == run.token:
+        run.recorder.acknowledge(int(msg.data["seq"]))
 
 
 def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
@@ -140,8 +226,16 @@ def _on_final(environment: Environment, msg: Any, **_: Any) -> None:
 
 def _take_report(run: Run, worker: str, data: dict[str, Any]) -> None:
     blob = data.get("modelsoak")
-    if blob:
-        run.on_worker_report(worker, Snapshot.unpack(blob))
+    if not blob:
+        return
+    snap = Snapshot.unpack(blob)
+    run.on_worker_report(worker, snap)
+    runner = run.environment.runner
+    if snap.deltas and snap.token in ("", run.token) and runner is not None:
+        # The worker drops what was folded; what this misses rides in its next report.
+        runner.send_message(
+            ACK_MESSAGE, {"seq": run.folded.seq[worker], "token": snap.token}, client_id=worker
+        )
 
 
 def _flush_workers(run: Run, timeout_s: float) -> None:
@@ -243,7 +337,7 @@ def tick(shape: LoadTestShape) -> tuple[int, float] | None:
         return None
     opts = run.options
     assert opts is not None
-    if opts.scenario == "none":
+    if opts.scenario == "none" and opts.repeat == 1:
         if opts.run_time and time.time() - run.started >= opts.run_time:
             return None
         if run.stability is not None and run.stability.done(run.phases[0].name):
@@ -260,12 +354,14 @@ def tick(shape: LoadTestShape) -> tuple[int, float] | None:
 
 def _phase_done(run: Run, phase: plans.Phase) -> bool:
     elapsed = time.time() - run.history[-1].started
+    if phase.kind in capacity.KINDS:
+        return search.phase_done(run, phase, elapsed)
     if run.stability is not None and phase.duration_s is not None:
         return run.stability.done(phase.name)  # --stable: windows decide, not the duration
     if phase.duration_s is not None:
         return elapsed >= phase.duration_s
     if phase.requests_per_user:
-        merged = run.merged()
+        merged = run.merged(names=[phase.name])
         st = merged.names.get(phase.name)
         sent = sum(st.statuses.values()) if st else 0
         merged.release()
@@ -283,6 +379,12 @@ def _advance(run: Run) -> bool:
     opts = run.options
     assert opts is not None
     phase = run.phases[run.phase_index]
+    if phase.kind in capacity.KINDS:
+        run.end_phases()
+        following = search.next_phase(run)
+        if following is None:
+            return False
+        run.phases.append(following)
     if phase.kind == "stress":
         run.end_phases()
         merged = run.merged()

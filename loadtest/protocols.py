@@ -71,6 +71,7 @@ class Target:
     server_version: str
     sha256: str
     device: str = ""  # where the server runs the model (ModelConfig), "" when not said
+    metrics_url: str = ""  # where the server says its Prometheus metrics are (ours does), else ""
 
 
 def grpc_target(host: str) -> tuple[str, bool]:
@@ -135,6 +136,7 @@ class KServeClient:
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.timeout_s = timeout_s
         self._request: pb.ModelInferRequest | None = None
+        self._hostname = grpc_target(host)[0].rsplit(":", 1)[0]
 
     def resolve(
         self, model: str, version: str, batch: int, dims: tuple[int, ...] | None, datatype: str
@@ -149,7 +151,7 @@ class KServeClient:
             )
         except grpc.RpcError as exc:
             raise SetupError(f"cannot read metadata from the server: {_fail(exc)}") from None
-        sha, device = self._config(model, version)
+        sha, device, metrics = self._config(model, version)
         batchable = bool(md.inputs) and all(t.shape and t.shape[0] == -1 for t in md.inputs)
         inputs = []
         for t in md.inputs:
@@ -172,7 +174,9 @@ class KServeClient:
             raise SetupError(
                 f"model '{model}' does not batch (its inputs have no -1 batch dim); use --batch-size 1"
             )
-        return Target(model, version, tuple(inputs), batchable, md.platform, meta.name, meta.version, sha, device)
+        return Target(
+            model, version, tuple(inputs), batchable, md.platform, meta.name, meta.version, sha, device, metrics
+        )
 
     def _only_model(self) -> str:
         index = self.stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=self.timeout_s)
@@ -183,21 +187,26 @@ class KServeClient:
             )
         return names[0]
 
-    def _config(self, model: str, version: str) -> tuple[str, str]:
-        """The model's sha256 and device from Triton's ModelConfig: our server
-        puts both in its parameters; Triton says the device in instance_group."""
+    def _config(self, model: str, version: str) -> tuple[str, str, str]:
+        """The model's sha256, device and the server's metrics URL from Triton's
+        ModelConfig: our server puts them in its parameters; Triton says the
+        device in instance_group."""
         try:
             cfg = self.stub.ModelConfig(
                 pb.ModelConfigRequest(name=model, version=version), timeout=self.timeout_s
             ).config
         except grpc.RpcError:
-            return "", ""  # servers without Triton's extension
+            return "", "", ""  # servers without Triton's extension
         params = cfg.parameters
         sha = params["sha256"].string_value if "sha256" in params else ""
         device = params["device"].string_value if "device" in params else ""
         if not device and cfg.instance_group:
             device = {1: "gpu", 2: "cpu"}.get(int(cfg.instance_group[0].kind), "")  # KIND_GPU, KIND_CPU
-        return sha, device
+        metrics = ""
+        if "metrics_port" in params:
+            scheme = params["metrics_scheme"].string_value if "metrics_scheme" in params else "http"
+            metrics = f"{scheme}://{self._hostname}:{params['metrics_port'].string_value}"
+        return sha, device, metrics
 
     def prepare(self, target: Target, arrays: dict[str, np.ndarray]) -> None:
         """Build the request once; it is sent unchanged on every call."""

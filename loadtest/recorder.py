@@ -15,12 +15,14 @@ import threading
 import time
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from loadtest.codec import from_json, to_json
+from loadtest.fold import Delta, Folded, Pending, pack, unpack
 from loadtest.results import TargetInfo
 from server.stats import PHASES  # the server's phase names, which its responses carry
 
@@ -94,6 +96,23 @@ class NameStats:
     last_s: float = 0.0
     pending: list[int] = field(default_factory=list)  # latencies (ns) not yet in `latency`
     pending_server: list[dict[str, int]] = field(default_factory=list)
+    name: str = ""  # the key it is recorded under (its deltas carry it)
+    # The client's view of each successful request, split (ns summed over client_count):
+    # "send_wait" (open loop: scheduled until sent, waiting for a free user) and "call"
+    # (sent until answered: transport plus the server's own time).
+    client_sum_ns: Counter[str] = field(default_factory=Counter)
+    client_count: int = 0
+    # Streamed requests (loadtest.streaming): token counts ("prompt", "output", "streams",
+    # "from_usage", "good"), and per-token timings not yet in the `server` histograms
+    # under the STREAM_KEYS names.
+    tokens: Counter[str] = field(default_factory=Counter)
+    pending_stream: dict[str, list[int]] = field(default_factory=dict)
+
+
+# The histograms of streamed requests, kept beside the server's phases (and shipped,
+# folded and merged the same way): time to first token, inter-token latency, time
+# per output token.
+STREAM_KEYS = {"ttft": "stream:ttft", "itl": "stream:itl", "tpot": "stream:tpot"}
 
 
 class Recorder:
@@ -102,13 +121,27 @@ class Recorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.names: dict[str, NameStats] = {}
-        # Interval histogram for the time series: reset whenever it is shipped.
+        # The time series' histograms by request time: one per `bucket_s` interval of
+        # the clock (aligned to multiples of it, so every worker's buckets line up),
+        # the current one in `window`; shipped and reset with each report.
+        self.bucket_s = 2.0
+        self._bucket = int(time.time() // self.bucket_s)
         self.window = new_hist()
+        self.windows: dict[int, HdrHistogram] = {}
+        self.window_fails: Counter[int] = Counter()
+        # Streamed requests' TTFT and ITL by the same intervals ("ttft", "itl" -> histogram).
+        self.token_window: dict[str, HdrHistogram] = {}
+        self.token_windows: dict[int, dict[str, HdrHistogram]] = {}
         self.openloop: Counter[str] = Counter()
         self.cpu = CpuStats()
         self.started = time.time()
         # Raw latencies (ns), kept only when --latency-log asks for them.
         self.raw: list[int] | None = None
+        # Histogram deltas for the master (loadtest.fold): since the last
+        # report, and those sent but not yet acknowledged.
+        self.pending = Pending()
+        self.seq = 0
+        self.unacked: list[Delta] = []
 
     def keep_raw(self) -> None:
         with self._lock:
@@ -123,15 +156,20 @@ class Recorder:
         samples: int,
         size: int,
         server: dict[str, int] | None,
+        call_ns: int | None = None,
     ) -> None:
         """One request. Latencies are only appended here; they reach the HDR
         histograms in bulk when the recorder is read (see `_fold`), which keeps
-        the per-request cost near a list append."""
+        the per-request cost near a list append. `call_ns`: the call itself (sent
+        to answered), when `latency_ns` also counts a wait before the send."""
         with self._lock:
             st = self.names.get(name)
             now = time.time()
+            bucket = int(now // self.bucket_s)
+            if bucket != self._bucket:
+                self._next_bucket(bucket)
             if st is None:
-                st = self.names[name] = NameStats(first_s=now)
+                st = self.names[name] = NameStats(first_s=now, name=name)
             st.last_s = now
             st.statuses[status] += 1
             if status == UNFINISHED:
@@ -143,16 +181,76 @@ class Recorder:
                 self.openloop[UNFINISHED_MIN_US] = min(low, us) if low else us
                 return
             if status != "OK":
+                self.window_fails[bucket] += 1
                 return
             st.pending.append(latency_ns)
             if self.raw is not None:
                 self.raw.append(latency_ns)
             st.samples += samples
             st.bytes_received += size
+            call = latency_ns if call_ns is None else min(call_ns, latency_ns)
+            st.client_sum_ns["call"] += call
+            st.client_sum_ns["send_wait"] += latency_ns - call
+            st.client_count += 1
             if server:
                 st.pending_server.append(server)
             if len(st.pending) >= FOLD_EVERY:
                 self._fold(st)
+
+    def record_stream(self, name: str, ttft_ns: int, itl_ns: list[int], tpot_ns: int | None,
+                      counts: dict[str, int]) -> None:  # fmt: skip
+        """A streamed request's token timings and counts (its E2E latency goes
+        through `record` like any request's)."""
+        with self._lock:
+            st = self.names.get(name)
+            if st is None:
+                now = time.time()
+                st = self.names[name] = NameStats(first_s=now, last_s=now, name=name)
+            st.tokens.update(counts)
+            pend = st.pending_stream
+            if ttft_ns:
+                pend.setdefault("ttft", []).append(ttft_ns)
+            if itl_ns:
+                pend.setdefault("itl", []).extend(itl_ns)
+            if tpot_ns is not None:
+                pend.setdefault("tpot", []).append(tpot_ns)
+            if len(pend.get("itl", ())) >= FOLD_EVERY:
+                self._fold(st)
+
+    def _next_bucket(self, bucket: int) -> None:
+        """The clock entered another series interval: close the current one (lock held)."""
+        for st in self.names.values():
+            self._fold(st)
+        self._close_window()
+        self._bucket = bucket
+
+    def _close_window(self) -> None:
+        if self.token_window:
+            held_tokens = self.token_windows.setdefault(self._bucket, {})
+            for short, hist in self.token_window.items():
+                if short in held_tokens:
+                    held_tokens[short].add(hist)
+                    drop(hist)
+                else:
+                    held_tokens[short] = hist
+            self.token_window = {}
+        if self.window.get_total_count():
+            held = self.windows.get(self._bucket)
+            if held is None:
+                self.windows[self._bucket] = self.window
+            else:
+                held.add(self.window)
+                drop(self.window)
+            self.window = new_hist()
+
+    def set_bucket(self, seconds: float) -> None:
+        """The series interval (the run's --series-interval) that buckets requests by time."""
+        with self._lock:
+            for st in self.names.values():
+                self._fold(st)
+            self._close_window()
+            self.bucket_s = seconds
+            self._bucket = int(time.time() // seconds)
 
     def _fold(self, st: NameStats) -> None:
         """Move pending values into the histograms (lock held)."""
@@ -162,6 +260,7 @@ class Recorder:
             for v, c in zip(values, counts, strict=True):
                 st.latency.record_value(v, c)
                 self.window.record_value(v, c)
+            self.pending.add(st.name, values, counts)
         if st.pending_server:
             rows, st.pending_server = st.pending_server, []
             st.server_count += len(rows)
@@ -174,8 +273,26 @@ class Recorder:
                 hist = st.server.get(phase)
                 if hist is None:
                     hist = st.server[phase] = new_hist()
-                for v, c in zip(*quantized_counts(ns), strict=True):
+                values, counts = quantized_counts(ns)
+                for v, c in zip(values, counts, strict=True):
                     hist.record_value(v, c)
+                self.pending.add(st.name, values, counts, phase)
+        if st.pending_stream:
+            table, st.pending_stream = st.pending_stream, {}
+            for short, ns_list in table.items():
+                key = STREAM_KEYS[short]
+                hist = st.server.get(key)
+                if hist is None:
+                    hist = st.server[key] = new_hist()
+                values, counts = quantized_counts(np.asarray(ns_list, dtype=np.int64))
+                window = self.token_window.get(short) if short != "tpot" else None
+                if window is None and short != "tpot":
+                    window = self.token_window[short] = new_hist()
+                for v, c in zip(values, counts, strict=True):
+                    hist.record_value(v, c)
+                    if window is not None:
+                        window.record_value(v, c)
+                self.pending.add(st.name, values, counts, key)
 
     def count_openloop(self, outcome: str, n: int = 1) -> None:
         with self._lock:
@@ -196,37 +313,85 @@ class Recorder:
             self.openloop[UNREACHABLE_FIRST_MS] = min(first, ms) if first else ms
             self.openloop[UNREACHABLE_LAST_MS] = max(self.openloop.get(UNREACHABLE_LAST_MS, 0), ms)
 
+    def add_loop_tick(self, late_s: float) -> None:
+        with self._lock:
+            self.cpu.add_tick(late_s)
+
     def add_cpu_sample(self, percent: float) -> None:
         with self._lock:
             self.cpu.add(percent)
 
-    def snapshot(self, take_window: bool = True) -> Snapshot:
-        """Cumulative state (for report_to_master); the interval histogram is
-        shipped and reset."""
+    def snapshot(self, take_window: bool = True, names: Collection[str] | None = None) -> Snapshot:
+        """Cumulative state, histograms included (what a local run merges and
+        a worker that lost its master writes); the interval histogram is
+        shipped and reset. `names`: only those request names (a cheap look at
+        one phase while the run goes on)."""
         with self._lock:
-            for st in self.names.values():
-                self._fold(st)
-            names = {
-                name: NameSnapshot(
-                    latency=encode(st.latency),
-                    statuses=dict(st.statuses),
-                    samples=st.samples,
-                    bytes=st.bytes_received,
-                    server={p: encode(h) for p, h in st.server.items()},
-                    server_sum_ns=dict(st.server_sum_ns),
-                    server_count=st.server_count,
-                    batch_size_sum=st.batch_size_sum,
-                    first_s=st.first_s,
-                    last_s=st.last_s,
-                )
-                for name, st in self.names.items()
+            return self._state(take_window, True, names)
+
+    def report(self) -> Snapshot:
+        """What a worker sends the master (report_to_master, the final flush):
+        cumulative counters, and instead of cumulative histograms the deltas
+        the master has not acknowledged yet (loadtest.fold)."""
+        with self._lock:
+            snap = self._state(True, False)
+            delta = self.pending.take(self.seq + 1)
+            if delta is not None:
+                self.seq = delta.seq
+                self.unacked.append(delta)
+            snap.deltas = list(self.unacked)
+            return snap
+
+    def acknowledge(self, seq: int) -> None:
+        """The master has folded the deltas up to `seq`: they need not travel again."""
+        with self._lock:
+            self.unacked = [d for d in self.unacked if d.seq > seq]
+
+    def _state(self, take_window: bool, histograms: bool, only: Collection[str] | None = None) -> Snapshot:
+        """The snapshot (lock held)."""
+        chosen = self.names if only is None else {n: self.names[n] for n in only if n in self.names}
+        for st in chosen.values():
+            self._fold(st)
+        names = {
+            name: NameSnapshot(
+                latency=encode(st.latency) if histograms else "",
+                statuses=dict(st.statuses),
+                samples=st.samples,
+                bytes=st.bytes_received,
+                server={p: encode(h) for p, h in st.server.items()} if histograms else {},
+                server_sum_ns=dict(st.server_sum_ns),
+                server_count=st.server_count,
+                batch_size_sum=st.batch_size_sum,
+                first_s=st.first_s,
+                last_s=st.last_s,
+                client_sum_ns=dict(st.client_sum_ns),
+                client_count=st.client_count,
+                tokens=dict(st.tokens),
+            )
+            for name, st in chosen.items()
+        }
+        windows: dict[str, str] = {}
+        fails: dict[str, int] = {}
+        if take_window:
+            if only is not None:
+                for st in self.names.values():
+                    self._fold(st)
+            self._close_window()
+            windows = {str(b): encode(h) for b, h in sorted(self.windows.items())}
+            fails = {str(b): n for b, n in sorted(self.window_fails.items())}
+            drop(*self.windows.values())
+            self.windows, self.window_fails = {}, Counter()
+            tokens = {
+                str(b): {k: encode(h) for k, h in t.items()} for b, t in sorted(self.token_windows.items())
             }
-            window = ""
-            if take_window:
-                window = encode(self.window) if self.window.get_total_count() else ""
-                drop(self.window)
-                self.window = new_hist()
-            return Snapshot(names, window, dict(self.openloop), self.cpu.to_snapshot(), self.started)
+            for t in self.token_windows.values():
+                drop(*t.values())
+            self.token_windows = {}
+        snap = Snapshot(names, windows, dict(self.openloop), self.cpu.to_snapshot(), self.started)
+        snap.window_fails, snap.bucket_s = fails, self.bucket_s
+        if take_window:
+            snap.token_windows = tokens
+        return snap
 
 
 @dataclass
@@ -241,6 +406,9 @@ class NameSnapshot:
     batch_size_sum: int
     first_s: float
     last_s: float
+    client_sum_ns: dict[str, int] = field(default_factory=dict)
+    client_count: int = 0
+    tokens: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -248,7 +416,9 @@ class Snapshot:
     """What a process has measured in a run so far: what a worker ships."""
 
     names: dict[str, NameSnapshot]
-    window: str  # encoded interval histogram ("" when empty)
+    # The series' histograms since the last report, by request time: the clock's
+    # interval number (time // bucket_s) -> encoded histogram, and failures likewise.
+    windows: dict[str, str]
     openloop: dict[str, int]
     cpu: CpuSnapshot
     started: float
@@ -256,9 +426,17 @@ class Snapshot:
     token: str = ""  # the run's (loadtest.run.Run.token)
     target: TargetInfo | None = None
     setup_error: str = ""
+    deltas: list[Delta] = field(default_factory=list)  # histograms since the last acknowledged report
+    window_fails: dict[str, int] = field(default_factory=dict)
+    bucket_s: float = 2.0
+    token_windows: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # interval -> "ttft"/"itl" -> histogram
 
     def without_window(self) -> Snapshot:
-        return replace(self, window="")
+        """What the master keeps of a report: the interval histogram and the
+        deltas are folded into the run when it arrives."""
+        return replace(self, windows={}, window_fails={}, deltas=[], token_windows={})
 
     def pack(self) -> str:
         """Compact transport (Locust sends reports as msgpack)."""
@@ -271,6 +449,15 @@ class Snapshot:
         import json
 
         return from_json(cls, json.loads(zlib.decompress(base64.b64decode(blob))), "snapshot")
+
+
+# The generator's event-loop watch: a tick every LOOP_TICK_S; one that wakes more
+# than LOOP_LAGGED_S late means the loop had more ready work than CPU to run it
+# (its own CPU saturated, or the process starved of CPU by others on the machine).
+LOOP_TICK_S = 0.05
+LOOP_LAGGED_S = 0.02
+# Fewer ticks (3 s) judge nothing: a run that short is mostly its own start-up.
+LOOP_MIN_TICKS = 60
 
 
 class CpuStats:
@@ -288,6 +475,20 @@ class CpuStats:
         self.last = 0.0
         self.head: list[float] = []
         self.hist: Counter[float] = Counter()
+        # The event loop's own lag: ticks of LOOP_TICK_S, those that woke more than
+        # LOOP_LAGGED_S late (the loop had more ready work than CPU), the worst.
+        self.ticks = 0
+        self.lagged = 0
+        self.lag_max_s = 0.0
+
+    def add_tick(self, late_s: float) -> None:
+        self.ticks += 1
+        self.lagged += late_s > LOOP_LAGGED_S
+        self.lag_max_s = max(self.lag_max_s, late_s)
+
+    @property
+    def lagged_fraction(self) -> float:
+        return self.lagged / self.ticks if self.ticks else 0.0
 
     def add(self, percent: float) -> None:
         self.n += 1
@@ -313,16 +514,18 @@ class CpuStats:
         return sum(c for p, c in steady.items() if p >= threshold) / count if count else 0.0
 
     def to_snapshot(self) -> CpuSnapshot:
-        return CpuSnapshot(
-            self.n, self.total, self.max, self.last, list(self.head), [[p, c] for p, c in self.hist.items()]
-        )
+        tenths = Counter({round(p * 10): c for p, c in self.hist.items()})
+        return CpuSnapshot(self.n, self.total, self.max, self.last, list(self.head), pack(tenths),
+                           self.ticks, self.lagged, self.lag_max_s)  # fmt: skip
 
     @classmethod
     def from_snapshot(cls, d: CpuSnapshot) -> CpuStats:
         out = cls()
         out.n, out.total, out.max, out.last = d.n, d.sum, d.max, d.last
         out.head = list(d.head)
-        out.hist = Counter({float(p): int(c) for p, c in d.hist})
+        out.ticks, out.lagged, out.lag_max_s = d.ticks, d.lagged, d.lag_max_s
+        tenths, counts = unpack(d.hist)
+        out.hist = Counter({t / 10: c for t, c in zip(tenths.tolist(), counts.tolist(), strict=True)})
         return out
 
 
@@ -335,7 +538,12 @@ class CpuSnapshot:
     max: float = 0.0
     last: float = 0.0
     head: list[float] = field(default_factory=list)
-    hist: list[list[float]] = field(default_factory=list)  # [percent, count] pairs
+    # The histogram as tenths of a percent and counts (loadtest.fold.pack): a
+    # list of pairs would cost the master a field check per pair and report.
+    hist: str = ""
+    ticks: int = 0
+    lagged: int = 0
+    lag_max_s: float = 0.0
 
 
 @dataclass
@@ -352,12 +560,20 @@ class Merged:
             drop(st.latency, *st.server.values())
 
 
-def merge(snapshots: dict[str, Snapshot]) -> Merged:
-    """Merge worker snapshots (keyed by worker id) into histograms and counts."""
-    names: dict[str, NameStats] = defaultdict(NameStats)
+def _hist(table: dict[str, HdrHistogram], key: str) -> HdrHistogram:
+    """The histogram under `key`, made on first use (setdefault would make one per
+    call, and a discarded histogram waits for the cyclic collector: see `drop`)."""
+    hist = table.get(key)
+    if hist is None:
+        hist = table[key] = new_hist()
+    return hist
+
+
+def merge_openloop(snapshots: dict[str, Snapshot]) -> Counter[str]:
+    """The workers' open-loop counters: counts add up, the schedule lag and the
+    last unreachable time are the largest, first times the least non-zero."""
     openloop: Counter[str] = Counter()
-    cpu: dict[str, CpuStats] = {}
-    for worker, snap in snapshots.items():
+    for snap in snapshots.values():
         ol = dict(snap.openloop)
         behind = ol.pop("max_behind_us", 0)
         lows = {k: ol.pop(k, 0) for k in (UNFINISHED_MIN_US, UNREACHABLE_FIRST_MS)}
@@ -369,8 +585,23 @@ def merge(snapshots: dict[str, Snapshot]) -> Merged:
             if low:
                 seen = openloop.get(key, 0)
                 openloop[key] = min(seen, low) if seen else low
+    return openloop
+
+
+def merge(
+    snapshots: dict[str, Snapshot], folded: Folded | None = None, only: Collection[str] | None = None
+) -> Merged:
+    """Merge worker snapshots (keyed by worker id) into histograms and counts,
+    with the histograms the master folded from their deltas; `only`: just those
+    request names (a phase check during the run need not build every histogram)."""
+    names: dict[str, NameStats] = defaultdict(NameStats)
+    openloop = merge_openloop(snapshots)
+    cpu: dict[str, CpuStats] = {}
+    for worker, snap in snapshots.items():
         cpu[worker] = CpuStats.from_snapshot(snap.cpu)
         for name, d in snap.names.items():
+            if only is not None and name not in only:
+                continue
             st = names[name]
             decode_into(st.latency, d.latency)
             st.statuses.update(d.statuses)
@@ -379,8 +610,20 @@ def merge(snapshots: dict[str, Snapshot]) -> Merged:
             st.server_count += d.server_count
             st.batch_size_sum += d.batch_size_sum
             st.server_sum_ns.update(d.server_sum_ns)
+            st.client_sum_ns.update(d.client_sum_ns)
+            st.client_count += d.client_count
+            st.tokens.update(d.tokens)
             for phase, enc in d.server.items():
-                decode_into(st.server.setdefault(phase, new_hist()), enc)
+                decode_into(_hist(st.server, phase), enc)
             st.first_s = min(st.first_s, d.first_s) if st.first_s else d.first_s
             st.last_s = max(st.last_s, d.last_s)
+    if folded is not None:
+        for name, slots in folded.latency.items():
+            if only is None or name in only:
+                Folded.record(slots, names[name].latency)
+        for name, phases in folded.server.items():
+            if only is not None and name not in only:
+                continue
+            for phase, slots in phases.items():
+                Folded.record(slots, _hist(names[name].server, phase))
     return Merged(dict(names), openloop, cpu)

@@ -5,15 +5,17 @@ from what was measured."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
-from loadtest import svg, trust
-from loadtest.advice import bottlenecks, suggestions
+import gevent
+
+from loadtest import capacity, charts, page, repeats, trust, warmup
+from loadtest.advice import diagnose
 from loadtest.results import Latency, PhaseResult, Summary
 from loadtest.series import Point, read_points
 from loadtest.slices import slice_lines
 from loadtest.stability import stability_lines
+from loadtest.stream_report import streaming_lines
 
 
 def _ms(x: float | None) -> str:
@@ -28,9 +30,11 @@ def environment_lines(s: Summary) -> list[str]:
     gpu = p.server_gpu or {}
     server = p.server or {}
     device = server.get("device") or t.device or "not reported"
-    gpu_text = ", ".join(g.get("name", "?") for g in gpu.get("gpus", [])) or gpu.get("status") or (
-        "none (the model runs on CPU)" if device == "cpu" else "not reported (give --server-metrics-url)"
-    )
+    status = gpu.get("status") or ""
+    gpu_text = ", ".join(g.get("name", "?") for g in gpu.get("gpus", [])) or (
+        f"none (the model runs on CPU{'; the server says: ' + status if status else ''})" if device == "cpu"
+        else status or "not reported (give --server-metrics-url)"
+    )  # fmt: skip
     inputs = ", ".join(f"{i.name} {i.datatype}{i.shape}" for i in t.inputs)
     return [
         f"- Harness: modelsoak {p.harness.version} (git {p.harness.git_sha})",
@@ -68,12 +72,19 @@ def phase_table(s: Summary) -> list[str]:
     for ph in s.phases:
         lat = ph.latency_ms
         rows.append(
-            f"| {ph.name} | {ph.users}{' @ ' + format(ph.rate, 'g') + '/s' if ph.rate else ''} | "
+            f"| {ph.name} | {ph.users}{' @ ' + format(ph.rate, 'g') + '/s' if ph.rate else ''}{_running(ph)} | "
             f"{ph.batch_size} | {ph.requests} | {ph.failures} | "
             f"{ph.rps:.1f} | {_goodput(ph)} | {ph.samples_per_s:.1f} | {_pct(lat, 'p50')} | "
             f"{_pct(lat, 'p95')} | {_pct(lat, 'p99')} | {_ms(lat.max if lat else None)} |"
         )
     return rows
+
+
+def _running(ph: PhaseResult) -> str:
+    """The users actually running, where a lost worker cut them."""
+    if ph.reduced_load_s < 1.0 or ph.users_running_min is None:
+        return ""
+    return f" (only {ph.users_running_min} for {ph.reduced_load_s:.0f} s)"
 
 
 def _goodput(ph: PhaseResult) -> str:
@@ -124,10 +135,12 @@ def _capacity(s: Summary) -> list[str]:
 def _generator(s: Summary) -> list[str]:
     g = s.generator
     lines = ["## Load generator", ""]
-    for w, v in g.workers.items():
+    procs = [*g.workers.items(), *([("master", g.master)] if g.master is not None else [])]
+    for w, v in procs:
         lines.append(
             f"- {w}: CPU mean {v.cpu_mean:.0f} %, max {v.cpu_max:.0f} %, "
-            f"saturated {v.saturated_fraction:.0%} of the time"
+            f"saturated {v.saturated_fraction:.0%} of the time; event loop late (> 20 ms) "
+            f"{v.loop_lagged_fraction:.1%} of its ticks, at worst {v.loop_lag_max_ms:.0f} ms"
         )
     ol = g.openloop
     if ol.scheduled:
@@ -150,7 +163,19 @@ def _generator(s: Summary) -> list[str]:
     return [*lines, ""]
 
 
-def markdown(s: Summary) -> str:
+def chart_lines(rendered: list[charts.Rendered]) -> list[str]:
+    """The Charts section of report.md: the PNGs in charts/ (report.html has them inline)."""
+    if not rendered:
+        return []
+    lines = ["## Charts", ""]
+    for c in rendered:
+        lines += [f"![{c.title}]({c.png})", ""]
+    return lines
+
+
+def markdown(
+    s: Summary, series: list[Point] | None = None, rendered: list[charts.Rendered] | None = None
+) -> str:
     lines = [
         f"# modelsoak report — {s.run_id}",
         "",
@@ -162,11 +187,13 @@ def markdown(s: Summary) -> str:
     lines += ["## Test environment", "", *environment_lines(s), ""]
     lines += ["## Results", "", *slo_table(s), ""]
     lines += ["## Phases", "", *phase_table(s), ""]
+    lines += [warmup.describe(s.warmup), ""] if s.warmup is not None else []
     lines += [
         f"Goodput over the run: {s.totals.goodput_rps:.1f} requests/s met the latency SLO "
         f"(of {s.totals.rps:.1f}/s that succeeded)",
         "",
     ]
+    lines += streaming_lines(s)
     conf = confidence_table(s)
     lines += ["## Percentile confidence", "", *conf, ""] if conf else []
     sliced = slice_lines(s.slices, s.drift)
@@ -174,8 +201,13 @@ def markdown(s: Summary) -> str:
     if s.stability:
         lines += ["## Stability windows", "", *stability_lines(s.stability)]
     lines += _capacity(s)
-    lines += ["## Bottleneck analysis", "", *[f"- {b}" for b in bottlenecks(s)], ""]
-    lines += ["## Optimisation suggestions", "", *[f"- {x}" for x in suggestions(s)], ""]
+    lines += capacity.report_lines(s.capacity)
+    lines += repeats.report_lines(s.repeats, s.comparisons)
+    found = diagnose(s, series)
+    lines += ["## Bottleneck analysis", "", f"**Diagnosis: {found.headline}**", ""]
+    for f in found.findings:
+        lines += [f"- {f.text}", *[f"    - {item}" for item in f.items]]
+    lines += ["", "## Optimisation suggestions", "", *[f"- {x}" for x in found.suggestions], ""]
     lines += _generator(s)
     if s.baseline is not None:
         b = s.baseline
@@ -184,7 +216,8 @@ def markdown(s: Summary) -> str:
             f"- {c.metric}: {c.actual} (limit {c.target}) — {'PASS' if c.passed else 'FAIL'}"
             for c in b.checks
         ] + [""]
-    lines += ["Files: summary.json, report.html, timeseries.jsonl", ""]
+    lines += chart_lines(rendered or [])
+    lines += ["Files: summary.json, report.html, timeseries.jsonl, charts/", ""]
     return "\n".join(lines)
 
 
@@ -192,20 +225,20 @@ def read_series(results: Path) -> list[Point]:
     return read_points(results / "timeseries.jsonl")
 
 
-def html_report(s: Summary, series: list[Point]) -> str:
-    md = markdown(s)
-    charts = svg.charts(s, series)
-    body = svg.markdown_to_html(md)
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>modelsoak {html.escape(s.run_id)}</title><style>{svg.CSS}</style></head><body>"
-        f"{body}<h2>Charts</h2>{charts}</body></html>"
-    )
+def html_report(s: Summary, series: list[Point], rendered: list[charts.Rendered] | None = None) -> str:
+    """report.md's text as HTML with the charts inline (drawn here, without PNGs, when not given)."""
+    drawn = charts.draw(s, series, None) if rendered is None else rendered
+    return page.page(f"modelsoak {s.run_id}", markdown(s, series), drawn)
 
 
-def write(results: Path, summary: Summary) -> None:
-    (results / "report.md").write_text(markdown(summary))
-    (results / "report.html").write_text(html_report(summary, read_series(results)))
+def write(results: Path, summary: Summary, series: list[Point] | None = None) -> None:
+    """report.md, report.html and charts/ in `results`; `series`: its time series
+    when the caller has read it already."""
+    if series is None:
+        series = read_series(results)
+    rendered = charts.draw(summary, series, results, between=lambda: gevent.sleep(0))
+    (results / "report.md").write_text(markdown(summary, series, rendered))
+    (results / "report.html").write_text(html_report(summary, series, rendered))
 
 
 def verdict_table(s: Summary, results: Path) -> str:
@@ -216,5 +249,8 @@ def verdict_table(s: Summary, results: Path) -> str:
         lines.append(f"{c.metric:<{width}}  {c.target:<22} {c.actual:<28} {'PASS' if c.passed else 'FAIL'}")
     for r in s.generator.invalid_reasons:
         lines.append(f"INVALID: {r}")
+    if s.warmup is not None:
+        lines.append(warmup.describe(s.warmup))
+    lines += ["", f"diagnosis: {s.diagnosis}"] if s.diagnosis else []
     lines += ["", f"report: {results / 'report.md'}", f"        {results / 'report.html'}", ""]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """The results of a run as types: `Summary` is summary.json, written from these
-dataclasses and read back through them (`--baseline`). The README's "summary.json"
-section lists the fields.
+dataclasses and read back through them (`--baseline`). The docs' summary.json
+reference (docs/reference/summary.md) is made from them.
 
 `SCHEMA_VERSION` changes whenever a field changes meaning, is renamed or goes;
 a summary of another version is refused with a message that says so, rather
@@ -38,6 +38,7 @@ class TargetInfo:
     sha256: str = ""
     inputs: list[InputInfo] = field(default_factory=list)
     device: str = ""  # where the server runs the model, as its ModelConfig says
+    metrics_url: str = ""  # where the server says its Prometheus metrics are ("" when it does not)
 
 
 @dataclass
@@ -115,6 +116,9 @@ class Latency:
     # Percentiles (by name: p50 ... p99.9, max) that are lower bounds: sends
     # unfinished at stop entered with their wait so far, which may sit below them.
     lower_bounds: list[str] = field(default_factory=list)
+    # The merged histogram's percentile distribution, [percentile, ms] pairs from
+    # the median to the maximum, log-spaced in 1/(1 - q) (the report's HDR plot).
+    distribution: list[list[float]] = field(default_factory=list)
 
     def at(self, key: str) -> float | None:
         """By the name a plan uses: p50 ... p99.9, min, max, mean."""
@@ -163,6 +167,42 @@ class PhaseResult:
     good_requests: int = 0
     goodput_rps: float = 0.0
     goodput_latency_ms: float | None = None
+    # Distributed runs: the fewest users actually running once the phase had all
+    # of them (None: not sampled), and for how many seconds it ran with fewer.
+    users_running_min: int | None = None
+    reduced_load_s: float = 0.0
+    # The client's view of a successful request, means in ms: "send_wait" (open
+    # loop: scheduled until sent, waiting for a free user) and "call" (sent until
+    # answered). None when nothing succeeded.
+    client_split_ms: dict[str, float] | None = None
+    streaming: Streaming | None = None  # streamed requests' token timings (loadtest.stream_summary)
+
+
+@dataclass
+class Streaming:
+    """Token-streamed requests (--protocol openai / kserve-stream): time to first
+    token, inter-token latency and time per output token, exact percentiles of the
+    merged histograms (ms); tokens and goodput."""
+
+    streams: int
+    ttft_ms: Latency | None
+    itl_ms: Latency | None
+    tpot_ms: Latency | None
+    prompt_tokens: int
+    output_tokens: int
+    output_tokens_per_s: float
+    # Where the token counts came from: "usage" (the server's own), "counted" (one
+    # piece of text per token, here), or "mixed".
+    tokens_source: str
+    # Streams within every goodput limit (ttft_ms, tpot_ms, e2e_ms) the plan sets,
+    # and their rate; no limits set: every successful stream is good.
+    good_streams: int = 0
+    goodput_rps: float = 0.0
+    good_limits_ms: dict[str, float] = field(default_factory=dict)
+    # The server's own split where it reports one (our server; means, ms): "queue"
+    # (waiting for a sequence slot), "prefill", "ttft" (arrival to first token, the
+    # two before included) and "decode" (first token to end).
+    server_split_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,6 +215,7 @@ class Totals:
     rps: float
     samples_per_s: float
     goodput_rps: float = 0.0
+    streaming: Streaming | None = None
 
 
 @dataclass
@@ -186,6 +227,10 @@ class Breakdown:
     mean_ms: dict[str, float] = field(default_factory=dict)
     client_mean_ms: float = 0.0
     outside_server_ms: float = 0.0
+    # outside_server_ms split: waiting for a send slot (open loop), and transport
+    # (the call less the server's own total: network, serialisation, client).
+    send_wait_ms: float = 0.0
+    transport_ms: float = 0.0
 
 
 @dataclass
@@ -253,6 +298,9 @@ class WorkerCpu:
     cpu_max: float
     cpu_mean: float
     saturated_fraction: float
+    # Event-loop ticks that woke late (loadtest.recorder.LOOP_LAGGED_S), and the worst lag.
+    loop_lagged_fraction: float = 0.0
+    loop_lag_max_ms: float = 0.0
 
 
 @dataclass
@@ -282,6 +330,22 @@ class Generator:
     openloop: OpenLoop
     valid: bool
     invalid_reasons: list[str]
+    # A distributed run's master: its CPU and event-loop lag (a master late on its
+    # loop is late with heartbeats, phase changes and the series). None when local.
+    master: WorkerCpu | None = None
+
+
+@dataclass
+class Event:
+    """Something that happened at a time of the run (seconds since its start),
+    for the charts' markers and the report: "phase" (one began), "worker_lost",
+    "unreachable" (the target refused calls, from t for duration_s), "slo_broken"
+    (the first series interval whose p99 broke a phase's p99 target)."""
+
+    t_s: float
+    kind: str
+    detail: str
+    duration_s: float = 0.0
 
 
 @dataclass
@@ -344,6 +408,94 @@ class Stability:
 
 
 @dataclass
+class WarmupResult:
+    """What the run left out of its statistics as warm-up: defined per run
+    (loadtest.warmup), the same in open and closed loop."""
+
+    seconds: float  # --warmup-s: requests sent in the run's first seconds
+    requests: int  # --warmup-requests: the run's first requests, all workers together
+    excluded: int  # requests sent, answered and left out
+
+
+@dataclass
+class CapacityStep:
+    """One step of the capacity search (loadtest.capacity): an open-loop rate, held for its length."""
+
+    name: str
+    offered_rps: float
+    delivered_rps: float  # successful answers per second
+    percentile: str  # the plan's, e.g. "p99"
+    latency_ms: float | None
+    ci_low_ms: float | None  # its confidence interval at the run's confidence
+    ci_high_ms: float | None
+    samples: int
+    needed: int  # samples that bound the percentile
+    error_ratio: float  # failed or unfinished / requests
+    goodput_rps: float
+    passed: bool
+    cut_short: bool  # ended early: clearly over-saturated
+    reason: str  # why it failed, or was cut short
+
+
+@dataclass
+class Capacity:
+    """The highest open-loop rate at which the SLO held, and the bracket around it."""
+
+    found_rps: float | None  # None: no step held
+    low_rps: float | None  # the bracket: the highest rate that held ...
+    high_rps: float | None  # ... and the lowest above it that did not (None: never failed)
+    precision: float
+    converged: bool  # the bracket is within the precision
+    percentile: str
+    latency_ms: float
+    max_error_ratio: float
+    min_capacity: float | None
+    reason: str
+    steps: list[CapacityStep] = field(default_factory=list)
+    # What a step must meet, in words, where it is not `percentile` < latency_ms
+    # (a streamed search: the plan's TTFT / TPOT / ITL p99 limits).
+    criterion: str = ""
+
+
+@dataclass
+class RepeatStat:
+    """One metric over the repeats: values, mean, coefficient of variation, 95 % CI (Student t)."""
+
+    values: list[float]
+    mean: float
+    sd: float
+    cv: float | None  # sd / mean (None: mean 0)
+    ci_low: float | None  # None: a single repeat
+    ci_high: float | None
+
+
+@dataclass
+class RepeatGroup:
+    """The repeats of one phase (loadtest.repeats)."""
+
+    phase: str  # the phase's name without its repeat suffix
+    kind: str
+    repeats: list[str]  # the repeats' phase names
+    metrics: dict[str, RepeatStat]  # samples_per_s, rps, p50 ... p99.9
+
+
+@dataclass
+class Comparison:
+    """A metric against the baseline: the change and whether it is significant."""
+
+    metric: str
+    phase: str
+    baseline_mean: float
+    mean: float
+    change: float  # relative: mean / baseline_mean - 1
+    ci_low: float | None  # 95 % CI of the relative change (None: single samples)
+    ci_high: float | None
+    p_value: float | None  # Welch's t-test (None: single samples)
+    significant: bool
+    test: str  # "welch" or "single sample"
+
+
+@dataclass
 class Summary:
     run_id: str
     scenario: str
@@ -365,6 +517,14 @@ class Summary:
     slices: list[Slice] = field(default_factory=list)
     drift: Drift | None = None
     stability: list[Stability] = field(default_factory=list)
+    warmup: WarmupResult | None = None
+    # Added within schema 2 with defaults, so summaries written before them still read.
+    capacity: Capacity | None = None
+    repeats: list[RepeatGroup] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    # What limited the run, by the evidence in order (loadtest.advice): one line.
+    diagnosis: str = ""
+    events: list[Event] = field(default_factory=list)
 
     def to_json(self) -> str:
         doc = to_json(self)

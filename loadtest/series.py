@@ -30,6 +30,11 @@ class Point:
     p90_ms: float | None = None
     p95_ms: float | None = None
     p99_ms: float | None = None
+    # Streamed requests ended in the interval: time to first token and inter-token latency.
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    itl_p50_ms: float | None = None
+    itl_p99_ms: float | None = None
     server_memory: dict[str, float] | None = None
     lost_workers: list[str] | None = None
 
@@ -51,19 +56,19 @@ def read_points(path: Path) -> list[Point]:
 
 
 class SeriesWriter:
-    """Appends a point every `interval` seconds; `make_point` (the run's) builds it,
+    """Appends points every `interval` seconds; `make_points` (the run's) builds them,
     so this module knows points and files, not runs."""
 
-    def __init__(self, path: Path, interval: float, make_point: Callable[[], Point]) -> None:
+    def __init__(self, path: Path, interval: float, make_points: Callable[[bool], list[Point]]) -> None:
         self.interval = interval
-        self.make_point = make_point
+        self.make_points = make_points
         self.file = path.open("a", buffering=1)
 
     def loop(self) -> None:
         while True:
             gevent.sleep(self.interval)
             try:
-                self.write_point()
+                self.write_points()
             except Exception:  # the run's data matters more than one point
                 log.exception("writing a time-series point failed")
 
@@ -71,8 +76,8 @@ class SeriesWriter:
         if not self.file.closed:
             self.file.close()
 
-    def write_point(self) -> Point:
-        point = self.make_point()
+    def write_points(self, final: bool = False) -> list[Point]:
+        points = self.make_points(final)
         if not self.file.closed:
-            self.file.write(point.to_line())
-        return point
+            self.file.write("".join(p.to_line() for p in points))
+        return points

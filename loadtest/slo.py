@@ -336,24 +336,48 @@ THRESHOLDS: dict[str, tuple[str, ...]] = {
     "soak": ("p99_ms", "max_memory_bytes"),
     "stress": ("p99_ms", "max_error_ratio"),
     "spike": ("p99_ms", "recovery_factor"),
+    "capacity": ("latency_ms", "max_error_ratio", "min_capacity"),
+    "streaming": ("ttft_p99_ms", "tpot_p99_ms", "itl_p99_ms", "ttft_ms", "tpot_ms", "e2e_ms"),
+}
+# A capacity search judges its own steps: of the other sections only these apply.
+CAPACITY_JUDGES = ("capacity.", "errors.min_sustained_ratio", "validity.", "streaming.")
+_THRESHOLD_NAMES = {f"{section}.{key}" for section, keys in THRESHOLDS.items() for key in keys} | {
+    "errors.max_error_ratio",
+    "errors.max_dropped_ratio",
 }
 # A plain run (--scenario none) judges these sections on its own phases.
-PLAIN_SECTIONS = ("latency", "throughput")
+PLAIN_SECTIONS = ("latency", "throughput", "streaming")
 
 
-def unjudgeable(explicit: set[str], scenario: str, has_metrics: bool, has_baseline: bool) -> list[str]:
+def unjudgeable(
+    explicit: set[str], scenario: str, has_metrics: bool, has_baseline: bool, streaming: bool = True
+) -> list[str]:
     """The thresholds the SLO file sets that this run could not judge, each with
     why and what would judge it (the run is refused before it starts)."""
     out = []
+    if not streaming:
+        out += [f"{name} is judged only on streamed requests: give --protocol openai or kserve-stream"
+                for name in sorted(explicit) if name.startswith("streaming.")]  # fmt: skip
     for section, keys in THRESHOLDS.items():
         for key in keys:
             name = f"{section}.{key}"
             if name not in explicit:
                 continue
             if scenario == "none" and section not in PLAIN_SECTIONS:
-                out.append(f"{name} is judged only by --scenario {section}, not by a plain run (--scenario none)")
+                out.append(
+                    f"{name} is judged only by --scenario {section}, not by a plain run (--scenario none)"
+                )
+            elif section == "capacity" and scenario != "capacity":
+                out.append(f"{name} is judged only by --scenario capacity, not by --scenario {scenario}")
             elif key in ("max_peak_bytes", "max_memory_bytes") and not has_metrics:
                 out.append(f"{name} needs the server's memory: give --server-metrics-url")
+    if scenario == "capacity":
+        out += [
+            f"{name} is not judged by a capacity search (its steps are judged on capacity.latency_ms, "
+            "capacity.max_error_ratio and errors.min_sustained_ratio)"
+            for name in sorted(explicit)
+            if name in _THRESHOLD_NAMES and not name.startswith(CAPACITY_JUDGES)
+        ]
     if not has_baseline:
         out += [
             f"{name} needs --baseline (a summary.json to compare with)"
@@ -416,3 +440,25 @@ def reachability_checks(openloop: Mapping[str, int], started: float, ended: floa
             False,
         )
     ]
+
+
+# Streamed requests' SLOs (plan section "streaming"): key -> (what, the Streaming field).
+STREAM_SLOS = {"ttft_p99_ms": ("p99 time to first token", "ttft_ms"), "tpot_p99_ms": ("p99 time per output token", "tpot_ms"),
+               "itl_p99_ms": ("p99 inter-token latency", "itl_ms")}  # fmt: skip
+
+
+def streaming_checks(plan: Plan, phases: list[PhaseResult]) -> list[Check]:
+    """Every measured phase that streamed, judged on the streaming p99 limits the plan sets."""
+    out = []
+    for ph in phases:
+        if ph.kind in ("warmup", "capacity", "pause") or ph.streaming is None:
+            continue  # a capacity search's steps are judged by the search (loadtest.capacity)
+        for key, (what, attr) in STREAM_SLOS.items():
+            target = plan["streaming"].get(key)
+            if target is None:
+                continue
+            lat = getattr(ph.streaming, attr)
+            actual = lat.at("p99") if lat is not None else None
+            out.append(Check(f"{attr[:-3]} p99 {ph.name}", f"{what} of {ph.name}", f"< {target:g} ms",
+                             _fmt_ms(actual), actual is not None and actual < target))  # fmt: skip
+    return out

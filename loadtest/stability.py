@@ -34,6 +34,7 @@ class StabilityWatch:
         self.max_windows = max_windows
         self.tolerance = tolerance
         self.windows: dict[str, list[Slice]] = {}
+        self.decided: dict[str, int] = {}  # per phase: the windows there were when `done` first held
 
     def on_slice(self, s: Slice) -> None:
         if s.rps is not None:  # the slice of sends cut off at stop is no window
@@ -43,15 +44,20 @@ class StabilityWatch:
         return agree(self.windows.get(phase, []), self.tolerance)
 
     def done(self, phase: str) -> bool:
-        return self.stable(phase) or len(self.windows.get(phase, [])) >= self.max_windows
+        n = len(self.windows.get(phase, []))
+        if phase not in self.decided and (self.stable(phase) or n >= self.max_windows):
+            self.decided[phase] = n
+        return phase in self.decided
 
     def results(self, phases: list[str]) -> list[Stability]:
         out = []
         for name in phases:
             windows = self.windows.get(name, [])
-            # Judged on the windows up to the one that settled it (later ones came after the decision).
+            # Judged on the windows up to the decision (those closing while the run stops, as
+            # the series catches up with the last requests, came after it).
+            judged = windows[: self.decided.get(name, len(windows))]
             settled = next(
-                (i for i in range(AGREE, len(windows) + 1) if agree(windows[:i], self.tolerance)), None
+                (i for i in range(AGREE, len(judged) + 1) if agree(judged[:i], self.tolerance)), None
             )
             if settled is not None:
                 counted = list(range(settled - AGREE, settled))
@@ -61,8 +67,8 @@ class StabilityWatch:
                 out.append(Stability(name, True, windows, counted, rps, p99, reason))
                 continue
             reason = (
-                f"{name}: not stable after {len(windows)} windows (at most {self.max_windows}): no {AGREE} in a row "
-                f"agreed within ±{self.tolerance:.0%} on throughput and p99 ({_spread(windows)})"
+                f"{name}: not stable after {len(judged)} windows (at most {self.max_windows}): no {AGREE} in a row "
+                f"agreed within ±{self.tolerance:.0%} on throughput and p99 ({_spread(judged)})"
             )
             out.append(Stability(name, False, windows, [], None, None, reason))
         return out

@@ -4,16 +4,33 @@ its leak verdict, and the generator's own health (loadtest.results)."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import numpy as np
+from hdrh.histogram import HdrHistogram
 
 from loadtest import trust
 from loadtest.openloop import LATE_AFTER_S
-from loadtest.plan import Plan
-from loadtest.recorder import UNFINISHED, UNFINISHED_MIN_US, Merged, NameStats, drop, new_hist
+from loadtest.plan import Plan, good_limits
+from loadtest.recorder import (
+    LOOP_LAGGED_S,
+    LOOP_MIN_TICKS,
+    STREAM_KEYS,
+    UNFINISHED,
+    UNFINISHED_MIN_US,
+    UNREACHABLE,
+    UNREACHABLE_FIRST_MS,
+    UNREACHABLE_LAST_MS,
+    Merged,
+    NameStats,
+    drop,
+    new_hist,
+)
 from loadtest.results import (
+    Event,
     Generator,
     Latency,
     Leak,
@@ -23,6 +40,7 @@ from loadtest.results import (
     PhaseBreakdown,
     PhaseResult,
     Stage,
+    Streaming,
     Totals,
     WorkerCpu,
 )
@@ -31,7 +49,10 @@ from server.leak import LeakSettings, LeakVerdict, detect_leak
 from server.stats import PHASES
 
 if TYPE_CHECKING:
-    from loadtest.run import Run
+    from collections.abc import Mapping
+
+    from loadtest.run import PhaseRecord, Run
+    from loadtest.series import Point
     from loadtest.server_watch import ServerWatch
 
 
@@ -55,7 +76,23 @@ def latency_ms(st: NameStats, confidence: float = CONFIDENCE) -> Latency | None:
         count=int(h.get_total_count()),
         confidence=confidence,
         ci=trust.bounds(h, confidence),
+        distribution=distribution(h),
     )
+
+
+def distribution(h: HdrHistogram, per_decade: int = 10) -> list[list[float]]:
+    """[percentile, ms] pairs from p0 to the maximum, `per_decade` steps per tenfold
+    of 1/(1 - q), stopping where fewer than one sample lies beyond the step."""
+    n = int(h.get_total_count())
+    out: list[list[float]] = []
+    step = 0
+    while n and 10 ** (step / per_decade) < n:
+        q = 100.0 * (1.0 - 10 ** (-step / per_decade))
+        out.append([round(q, 6), float(h.get_value_at_percentile(q)) / 1000.0])
+        step += 1
+    if n:
+        out.append([100.0, float(h.get_max_value()) / 1000.0])
+    return out
 
 
 def mark_lower_bounds(lat: Latency | None, unfinished: int, low_us: int) -> None:
@@ -84,9 +121,95 @@ def server_breakdown(st: NameStats) -> PhaseBreakdown | None:
     return PhaseBreakdown(st.server_count, st.batch_size_sum / st.server_count, stages)
 
 
-def phase_summary(run: Run, merged: Merged) -> list[PhaseResult]:
+def reduced_load(samples: list[tuple[float, int]], intended: int) -> tuple[int | None, float]:
+    """From the users running every second: the fewest once the phase first had
+    all `intended` (its spawn ramp apart), and the seconds it ran with fewer."""
+    full = next((i for i, (_, n) in enumerate(samples) if n >= intended), None)
+    if full is None:
+        return (min(n for _, n in samples) if samples else None), 0.0
+    after = samples[full:]
+    short = sum(b[0] - a[0] for a, b in itertools.pairwise(after) if a[1] < intended)
+    return min(n for _, n in after), short
+
+
+def reduced_load_reasons(phases: list[PhaseResult], rebalance: bool) -> list[str]:
+    """What a lost worker did to the load the SLOs were judged on."""
+    hit = [p for p in phases if p.reduced_load_s >= 1.0 and p.users_running_min is not None]
+    if not hit:
+        return []
+    parts = ", ".join(f"{p.name} ran with {p.users_running_min} of {p.users} users for {p.reduced_load_s:.0f} s"
+                      for p in hit)  # fmt: skip
+    how = ("its users were moved to the survivors (rebalancing)" if rebalance
+           else "its users were not moved (--no-rebalance)")  # fmt: skip
+    return [f"reduced load after a lost worker: {parts}; {how}: those phases' SLOs were judged on "
+            "less than the intended load"]  # fmt: skip
+
+
+def _latency(hist_key: str, st: NameStats, confidence: float) -> Latency | None:
+    hist = st.server.get(STREAM_KEYS[hist_key])
+    return latency_ms(NameStats(latency=hist), confidence) if hist is not None else None
+
+
+def _source(tokens: Counter[str]) -> str:
+    streams, usage = tokens.get("streams", 0), tokens.get("from_usage", 0)
+    return "usage" if usage == streams else "counted" if usage == 0 else "mixed"
+
+
+def _split(tokens: Counter[str]) -> dict[str, float]:
+    n = tokens.get("server_streams", 0)
+    if not n:
+        return {}
+    return {part: tokens.get(f"server_{part}_ns", 0) / n / 1e6 for part in ("queue", "prefill", "ttft", "decode")}
+
+
+def streaming_result(
+    st: NameStats, span_s: float, limits: dict[str, float], confidence: float = CONFIDENCE
+) -> Streaming | None:
+    """One request name's streams over `span_s` seconds of sending; None when none streamed."""
+    t = st.tokens
+    if not t.get("streams"):
+        return None
+    span = max(span_s, 1e-9)
+    return Streaming(
+        streams=t["streams"],
+        ttft_ms=_latency("ttft", st, confidence),
+        itl_ms=_latency("itl", st, confidence),
+        tpot_ms=_latency("tpot", st, confidence),
+        prompt_tokens=t.get("prompt", 0),
+        output_tokens=t.get("output", 0),
+        output_tokens_per_s=t.get("output", 0) / span,
+        tokens_source=_source(t),
+        good_streams=t.get("good", 0),
+        goodput_rps=t.get("good", 0) / span,
+        good_limits_ms=dict(limits),
+        server_split_ms=_split(t),
+    )
+
+
+def streaming_total(
+    names: dict[str, NameStats], duration_s: float, limits: dict[str, float], confidence: float = CONFIDENCE
+) -> Streaming | None:
+    """Every measured name's streams together (warm-up apart)."""
+    merged = NameStats(name="total")
+    for name, st in names.items():
+        if name == "warmup" or not st.tokens.get("streams"):
+            continue
+        merged.tokens.update(st.tokens)
+        for key in STREAM_KEYS.values():
+            if key in st.server:
+                if key not in merged.server:
+                    merged.server[key] = new_hist()
+                merged.server[key].add(st.server[key])
+    try:
+        return streaming_result(merged, duration_s, limits, confidence)
+    finally:
+        drop(*merged.server.values(), merged.latency)
+
+
+def phase_summary(run: Run, merged: Merged, records: list[PhaseRecord] | None = None) -> list[PhaseResult]:
+    """Each phase of the run's history (or of `records`) with what it measured."""
     out = []
-    for rec in run.history:
+    for rec in run.history if records is None else records:
         ph = rec.phase
         st = merged.names.get(ph.name)
         ended = rec.ended or run.ended or rec.started
@@ -103,6 +226,7 @@ def phase_summary(run: Run, merged: Merged) -> list[PhaseResult]:
             ended_s=ended - run.started,
         )
         out.append(entry)
+        entry.users_running_min, entry.reduced_load_s = reduced_load(rec.users_running, ph.users)
         if st is None:
             continue
         ok = st.statuses.get("OK", 0)
@@ -122,6 +246,13 @@ def phase_summary(run: Run, merged: Merged) -> list[PhaseResult]:
         entry.good_requests = trust.good_count(st.latency, entry.goodput_latency_ms)
         entry.goodput_rps = entry.good_requests / span
         entry.server_breakdown = server_breakdown(st)
+        if st.client_count:
+            entry.client_split_ms = {
+                k: st.client_sum_ns[k] / st.client_count / 1e6 for k in ("send_wait", "call")
+            }
+        entry.streaming = streaming_result(
+            st, span, good_limits(run.plan), run.plan["validity"]["percentile_confidence"]
+        )
     return out
 
 
@@ -147,7 +278,9 @@ def leak_result(v: LeakVerdict) -> Leak:
 
 def memory_summary(watch: ServerWatch | None, plan: Plan, started: float) -> Memory:
     if watch is None:
-        return Memory(False, "no --server-metrics-url was given")
+        return Memory(
+            False, "no --server-metrics-url was given, and the server did not say where its metrics are"
+        )
     source = watch.memory_source()
     if source is None:
         why = watch.last_error or "the metrics had no memory series"
@@ -183,11 +316,17 @@ def generator_summary(
     reasons = []
     for worker, cpu in merged.cpu.items():
         saturated = cpu.saturated_fraction(v["max_cpu_percent"])
-        workers[worker] = WorkerCpu(cpu.max, cpu.mean, saturated)
+        workers[worker] = WorkerCpu(cpu.max, cpu.mean, saturated, cpu.lagged_fraction, cpu.lag_max_s * 1000.0)
         if saturated > v["max_saturated_fraction"]:
             reasons.append(
                 f"load generator {worker} was CPU-saturated (>= {v['max_cpu_percent']:g} %) for "
                 f"{saturated:.0%} of the run: it, not the server, limited the load"
+            )
+        elif cpu.ticks >= LOOP_MIN_TICKS and cpu.lagged_fraction > v["max_lagged_fraction"]:
+            reasons.append(
+                f"load generator {worker} was short of CPU: {cpu.lagged_fraction:.0%} of its event-loop ticks "
+                f"woke more than {LOOP_LAGGED_S * 1000:.0f} ms late (worst {cpu.lag_max_s * 1000:.0f} ms) at "
+                f"{cpu.mean:.0f} % CPU: it, not the server, limited the load, and its latencies include its delays"
             )
     ol = merged.openloop
     scheduled = ol.get("scheduled", 0) + ol.get("dropped", 0)
@@ -247,3 +386,25 @@ def totals(merged: Merged, duration: float, confidence: float = CONFIDENCE) -> T
         rps=statuses.get("OK", 0) / duration if duration else 0.0,
         samples_per_s=samples / duration if duration else 0.0,
     )
+
+
+def run_events(
+    run: Run, phases: list[PhaseResult], openloop: Mapping[str, int], series: list[Point]
+) -> list[Event]:
+    """The run's events in time order: phases begun, workers lost, the target
+    unreachable, and where a phase's p99 target was first broken (by the series)."""
+    out = [Event(round(p.started_s, 3), "phase", p.name) for p in phases]
+    out += [Event(round(t - run.started, 3), "worker_lost", w) for w, t in sorted(run.lost_workers.items())]
+    first = openloop.get(UNREACHABLE_FIRST_MS, 0) / 1000.0
+    if openloop.get(UNREACHABLE, 0) and first:
+        last = openloop.get(UNREACHABLE_LAST_MS, 0) / 1000.0
+        out.append(Event(round(first - run.started, 3), "unreachable",
+                         f"{openloop[UNREACHABLE]} calls refused or reset", round(max(last - first, 0.0), 3)))  # fmt: skip
+    limits = {p.name: trust.goodput_threshold_ms(run.plan, p.kind) for p in phases if p.kind != "warmup"}
+    broken: set[str] = set()
+    for pt in series:
+        limit = limits.get(pt.phase)
+        if limit is not None and pt.p99_ms is not None and pt.p99_ms > limit and pt.phase not in broken:
+            broken.add(pt.phase)
+            out.append(Event(pt.t, "slo_broken", f"{pt.phase}: p99 {pt.p99_ms:.1f} ms over {limit:g} ms"))
+    return sorted(out, key=lambda e: e.t_s)

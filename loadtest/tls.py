@@ -8,6 +8,7 @@ dialled (an IP, a port-forward).
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ class ClientTls:
             private_key=self._read("--tls-client-key", self.key),
             certificate_chain=self._read("--tls-client-cert", self.cert),
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same files for an HTTPS client (the OpenAI-compatible protocol)."""
+        if bool(self.cert) != bool(self.key):
+            raise TlsSetupError(
+                "--tls-client-cert and --tls-client-key go together (the client certificate and its key)"
+            )
+        ctx = ssl.create_default_context(cafile=self.ca or None)
+        if self.cert:
+            ctx.load_cert_chain(self.cert, self.key)
+        return ctx
 
     def channel_options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []

@@ -35,6 +35,7 @@ def goodput_threshold_ms(plan: Plan, kind: str) -> float | None:
         "soak": plan["soak"].get("p99_ms"),
         "spike": plan["spike"].get("p99_ms"),
         "batch": plan["batch"]["max_latency_ms"],
+        "capacity": plan["capacity"]["latency_ms"],
     }.get(kind)
     value = own if own is not None else plan["latency"].get("p99_ms")
     return None if value is None else float(value)
@@ -51,21 +52,34 @@ def total_goodput(totals: Totals, phases: list[PhaseResult], duration_s: float) 
     totals.goodput_rps = sum(p.good_requests for p in phases if p.kind != "warmup") / duration_s
 
 
-def _slo_percentiles(plan: Plan, ph: PhaseResult) -> list[str]:
-    """The percentiles of this phase an SLO check reads (loadtest.slo)."""
+def _slo_percentiles(plan: Plan, ph: PhaseResult) -> dict[str, float | None]:
+    """The percentiles of this phase an SLO check reads (loadtest.slo), each with
+    the fixed limit it is held to (None where the limit is relative)."""
     if ph.kind == "latency":
-        return [q for q in ("p50", "p95", "p99") if plan["latency"].get(f"{q}_ms") is not None]
+        return {
+            q: float(v) for q in ("p50", "p95", "p99") if (v := plan["latency"].get(f"{q}_ms")) is not None
+        }
     if ph.kind == "batch":
         q = float(plan["batch"]["percentile"])
-        return [f"p{q:g}"] if q != 100 else []
+        return {f"p{q:g}": float(plan["batch"]["max_latency_ms"])} if q != 100 else {}
     if ph.kind == "soak":
-        return ["p99"] if plan["soak"].get("p99_ms") is not None else []
+        limit = plan["soak"].get("p99_ms")
+        return {"p99": float(limit)} if limit is not None else {}
     # Stress steps are not listed: a step's p99 is the search's signal (held or broke), and
     # a short step of a slow model cannot reach 662 samples; the report shows each step's count.
     if ph.kind == "spike":
-        peak = ph.name == "spike:peak" and plan["spike"].get("p99_ms") is not None
-        return ["p99"] if peak or ph.name in ("spike:before", "spike:after") else []
-    return []
+        limit = plan["spike"].get("p99_ms")
+        if ph.name == "spike:peak" and limit is not None:
+            return {"p99": float(limit)}
+        return {"p99": None} if ph.name in ("spike:before", "spike:after") else {}
+    return {}
+
+
+def _failure_established(bound: Bound, limit: float | None) -> bool:
+    """The percentile's lower confidence bound is already over its limit: the SLO
+    fails at the chosen confidence, however few the samples (a pass needs the
+    upper bound, hence the full count)."""
+    return limit is not None and bound.low is not None and bound.low >= limit
 
 
 def _short(key: str, bound: Bound) -> str:
@@ -77,14 +91,30 @@ def undersampled(plan: Plan, phases: list[PhaseResult], totals: Totals, regressi
     confidence = plan["validity"]["percentile_confidence"]
     reasons = []
     judged = [(ph.name, ph.latency_ms, _slo_percentiles(plan, ph)) for ph in phases]
+    for ph in phases:  # streamed requests' SLOs (plan section "streaming")
+        if ph.streaming is not None and ph.kind not in (
+            "warmup",
+            "capacity",
+            "settle",
+        ):  # steps: capacity.judge
+            for attr in ("ttft", "tpot", "itl"):
+                limit = plan["streaming"].get(f"{attr}_p99_ms")
+                if limit is not None:
+                    judged.append(
+                        (
+                            f"{ph.name} {attr.upper()}",
+                            getattr(ph.streaming, f"{attr}_ms"),
+                            {"p99": float(limit)},
+                        )
+                    )
     if regression:
-        judged.append(("the whole run (regression)", totals.latency_ms, ["p99"]))
+        judged.append(("the whole run (regression)", totals.latency_ms, {"p99": None}))
     for name, lat, keys in judged:
         if lat is None:
             continue  # nothing measured: the generator's own check says so
-        for key in keys:
+        for key, limit in keys.items():
             bound = lat.ci.get(key)
-            if bound is not None and not bound.enough:
+            if bound is not None and not bound.enough and not _failure_established(bound, limit):
                 reasons.append(
                     f"{name}: {_short(key, bound)}: an SLO depends on it, and {bound.needed} samples are "
                     f"needed to bound it at {confidence:.0%} confidence"

@@ -3,7 +3,7 @@
 Fixtures `served_model`, `load_test`, `training_run`; markers `performance`,
 `soak`, `gpu`; options `--modelsoak-duration`, `--modelsoak-results`,
 `--modelsoak-baseline`; `expect()` for assertions that name the metric, the
-target, the measured value and the report. See the README, "pytest plugin".
+target, the measured value and the report. See docs/how-to/ci-regression.md, "pytest plugin".
 """
 
 from __future__ import annotations

@@ -182,6 +182,26 @@ def locust_cmd(
             "--results-dir", str(results_dir), "--run-id", "run", "--only-summary", *args]  # fmt: skip
 
 
+def master_cmd(server: ServerProcess, results_dir: Path, port: int, workers: int, *args: str) -> list[str]:
+    """A headless master on 127.0.0.1:`port` that waits for `workers` workers."""
+    return locust_cmd(server, results_dir, "--master", "--master-bind-host", "127.0.0.1",
+                      "--master-bind-port", str(port), "--expect-workers", str(workers), *args)  # fmt: skip
+
+
+def worker_cmd(port: int) -> list[str]:
+    """A worker of the master on 127.0.0.1:`port`."""
+    return [
+        LOCUST,
+        "-f",
+        str(ROOT / "loadgen"),
+        "--worker",
+        "--master-host",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+    ]
+
+
 def run_locust(
     server: ServerProcess | None, results_dir: Path, *args: str, timeout: float = 240, host: str | None = None
 ) -> LocustRun:

@@ -15,7 +15,9 @@ Running a pod here changes only what has to change, and all of it is in
   "=") is rewritten, and TMPDIR points at the pod's /tmp mount;
 - the image: our image's commands run from this virtual environment with the
   Dockerfile's ENV; another image's entry point is its Debian package's binary;
-- downward API values (fieldRef) are made-up pod names.
+- downward API values (fieldRef) are made-up pod names;
+- each container's terminationMessagePath is a file beside its log
+  (`LocalCluster.termination_message`).
 
 Everything else -- command, args, env, the plan, the probes -- is what the
 manifest says. Each process starts in an empty folder that stands for the
@@ -143,6 +145,8 @@ class LocalCluster:
             for m in c.get("volumeMounts", []):
                 assert "subPath" not in m, "subPath mounts are not modelled"
                 pod.mounts[m["mountPath"]] = self._volume(volumes[m["name"]], folder / "volumes")
+            # The kubelet's termination-message file: one per container, here beside its log.
+            pod.mounts[c.get("terminationMessagePath", "/dev/termination-log")] = folder / f"{c['name']}.termination"
         for c in spec["containers"]:
             argv, env = self.command(c, pod)
             log = (folder / f"{c['name']}.log").open("wb")
@@ -206,6 +210,10 @@ class LocalCluster:
                 assert proc.poll() is None, f"{pod.name}/{c['name']} exited with {proc.returncode}"
                 assert time.monotonic() < end, f"{pod.name}/{c['name']} not ready in {timeout} s"
                 time.sleep(0.2)
+
+    def termination_message(self, pod: LocalPod, container: str) -> str:
+        path = self.base / "pods" / pod.name / f"{container}.termination"
+        return path.read_text() if path.exists() else ""
 
     def log(self, pod: LocalPod, container: str) -> str:
         return (self.base / "pods" / pod.name / f"{container}.log").read_text(errors="replace")

@@ -7,6 +7,7 @@ import json
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -41,3 +42,19 @@ def eventually(check: Callable[[], T], what: str, timeout_s: float) -> T:
     """`check()`'s first truthy value (a Prometheus query's data, a firing alert),
     read every half second: a query is not free, and scrapes come every second."""
     return wait_until(check, bool, timeout_s, what, every_s=0.5)
+
+
+def streaming_repository(folder: Path) -> Path:
+    """A repository config serving the streaming built-ins (small and quick) and a
+    tensor model beside them; `tiny-lm-1` has one sequence slot and one waiting place,
+    `tiny-lm-kv` four slots but a KV budget of one context window (512 tokens)."""
+    path = folder / "streaming.yaml"
+    path.write_text(
+        "models:\n"
+        "  - {name: tiny-lm, source: tiny-lm, params: {max_sequences: 4, threads: 1}}\n"
+        "  - {name: tiny-lm-1, source: tiny-lm, params: {max_sequences: 1, max_waiting: 1, threads: 1}}\n"
+        "  - {name: tiny-lm-kv, source: tiny-lm, params: {max_sequences: 4, max_kv_tokens: 512, threads: 1}}\n"
+        "  - {name: stream-sleep, source: stream-sleep, params: {ttft_ms: 5, itl_ms: 2, max_tokens: 8}}\n"
+        "  - {name: identity, source: identity}\n"
+    )
+    return path

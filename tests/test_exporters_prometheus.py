@@ -17,6 +17,8 @@ summary to the Pushgateway at its end.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import re
 import signal
 import socket
@@ -54,6 +56,7 @@ SCRAPE_S = 1.0
 TEST_FOR = {"ModelsoakMemoryLeakSuspected": "30s"}
 TEST_FOR_DEFAULT = "3s"
 DATA, EVALUATES, IF_GPU, IF_CUDA = "returns data", "evaluates", "data iff GPU metrics", "data iff CUDA"
+STREAM_DATA = "data from the streaming model"
 # Where each metric family comes from (first match wins), and what is asserted.
 SOURCES: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("modelsoak_training_",)),
@@ -61,6 +64,19 @@ SOURCES: list[tuple[str, tuple[str, ...]]] = [
     ("pushgateway", ("modelsoak_run_",)),
     ("gpu", ("modelsoak_gpu_memory_", "modelsoak_gpu_utilization_", "modelsoak_gpu_power_", "nv_gpu_")),
     ("cuda", ("modelsoak_torch_cuda_",)),
+    (
+        "stream",
+        (
+            "modelsoak_time_to_first_token_",
+            "modelsoak_inter_token_latency_",
+            "modelsoak_generation_",
+            "modelsoak_prompt_tokens_",
+            "modelsoak_sequences_",
+            "modelsoak_batch_occupancy",
+            "modelsoak_kv_cache_",
+            "modelsoak_e2e_request_latency_",
+        ),
+    ),
     ("server", ("modelsoak_", "ALERTS", "up")),
 ]
 EXPECT = {
@@ -78,6 +94,9 @@ EXPECT = {
     # No training process here: tests/test_training_bench_prometheus.py checks that the
     # training dashboard's expressions return data against a real training run.
     "training": EVALUATES,
+    # Token-streaming metrics: a tiny-lm server streams all along (`_stream_load`); with the
+    # dashboard's model variable set to identity (a tensor model) they evaluate to nothing.
+    "stream": STREAM_DATA,
 }
 DEADLINE_S = 60.0  # how long an expression may take to return data after the stack is up
 _METRIC = re.compile(r"\b(modelsoak_\w+|nv_gpu_\w+|ALERTS|up)\b")
@@ -124,6 +143,17 @@ def _load(stop: threading.Event, identity: ServerProcess, leaky: ServerProcess) 
             stubs[0].ModelInfer(bad if i % 10 == 0 else good, timeout=10)
         if i % 2 == 0:
             stubs[1].ModelInfer(leak, timeout=10)
+
+
+def _stream_load(stop: threading.Event, lm: ServerProcess) -> None:
+    """Short completions streamed from tiny-lm over its OpenAI-compatible API, one after another."""
+    body = json.dumps({"model": "tiny-lm", "prompt": "hello", "max_tokens": 6, "stream": True}).encode()
+    while not stop.wait(0.1):
+        conn = http.client.HTTPConnection("127.0.0.1", lm.metrics_port, timeout=30)
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+        conn.close()
 
 
 def _start_loadgen(
@@ -209,9 +239,14 @@ def stack(
     # may still be opening connections on `identity` after its leak warm-up, and
     # that step in its RSS is not what the leak alert test is about.
     pushed_to = start_module_server("--model", "identity", *fast)
+    lm = start_module_server(
+        "--model", "tiny-lm", "--param", "layers=1", "--param", "dim=64", "--param", "threads=1"
+    )
     stop = threading.Event()
     loader = threading.Thread(target=_load, args=(stop, identity, leaky), daemon=True)
     loader.start()
+    streamer = threading.Thread(target=_stream_load, args=(stop, lm), daemon=True)
+    streamer.start()
     gateway = start_pushgateway(tmp / "pushgateway", "127.0.0.1:0")
     # Bound but not listening: connections are refused, and no one else can take the port.
     hole = socket.socket()
@@ -225,7 +260,7 @@ def stack(
     pusher = _pushing_run(tmp, pushed_to, gateway.url, RUN_ID, PASSING_SOAK)
     try:
         jobs = [
-            Job("modelsoak-server", [f"127.0.0.1:{s.metrics_port}" for s in (identity, leaky)]),
+            Job("modelsoak-server", [f"127.0.0.1:{s.metrics_port}" for s in (identity, leaky, lm)]),
             Job("modelsoak-pushgateway", [f"127.0.0.1:{gateway.port}"], honor_labels=True),
             Job("modelsoak-absent", [down]),
             Job("modelsoak-loadgen", [f"127.0.0.1:{port}" for _, port in loadgens]),
@@ -241,7 +276,7 @@ def stack(
         st = Stack(
             api, identity, leaky, gateway.url, rules, down, [port for _, port in loadgens], pushed, pushed_to
         )
-        rates = "sum by (instance) (rate(modelsoak_requests_total[5s]))"
+        rates = 'sum by (instance) (rate(modelsoak_requests_total{model=~"identity|leaky"}[5s]))'
         _eventually(lambda: len(api.query(rates)["result"]) == 2, what="request rates of both servers")
         _eventually(lambda: has_data(api.query("modelsoak_run_passed")), what="the pushed summary")
         _eventually(
@@ -255,6 +290,7 @@ def stack(
                 proc.wait(30)
         stop.set()
         loader.join(15)
+        streamer.join(35)
         if prom is not None:
             prom.stop()
         gateway.stop()
@@ -378,7 +414,9 @@ def test_leak_alert_fires_for_leaky_not_identity(stack: Stack) -> None:
     assert float(fired[0]["value"]) > 0
     assert "B/s" in fired[0]["annotations"]["description"]
     firing = _firing(stack, "ModelsoakMemoryLeakSuspected")
-    assert [a["labels"]["instance"] for a in firing] == [leaky], firing
+    # On failure, the identity server's own detector output says what it saw (slope, samples, halves).
+    seen = stack.prom.query(f'{{__name__=~"modelsoak_memory_leak_.*", instance="{identity}"}}')["result"]
+    assert [a["labels"]["instance"] for a in firing] == [leaky], (firing, seen)
     # The identity server is judged too (its verdict is exported), just not as leaking.
     verdict = stack.prom.query(f'modelsoak_memory_leak_samples{{instance="{identity}"}}')["result"]
     assert verdict and float(verdict[0]["value"][1]) >= 20, verdict
@@ -466,7 +504,9 @@ def test_dashboard_expression(stack: Stack, pq: grafana.PanelQuery) -> None:
             return stack.prom.query(expr) if pq.instant else stack.prom.query_range(expr, now - 30, now, 2)
 
         run()  # evaluates without error, or raises with Prometheus' message
-        if expect == DATA or (expect == IF_GPU and not _absent_here(stack, source)):
+        if expect == STREAM_DATA and which == "identity":
+            continue  # identity streams no tokens: the expression evaluated, and that is all it can do
+        if expect in (DATA, STREAM_DATA) or (expect == IF_GPU and not _absent_here(stack, source)):
             _eventually(partial(_returns_data, run), what=f"data from {expr} ({which})")
         elif expect in (IF_GPU, IF_CUDA) and _absent_here(stack, source):
             assert not has_data(run()), f"{expr} returns values although the servers report none"

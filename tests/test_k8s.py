@@ -66,7 +66,7 @@ def test_results_reader_validates_strictly() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-# The oldest Kubernetes the manifests are for (README, Kubernetes section), and the newest schemas.
+# The oldest Kubernetes the manifests are for (docs/how-to/kubernetes.md), and the newest schemas.
 KUBERNETES_VERSIONS = ("1.29", "")
 
 
@@ -244,6 +244,30 @@ def test_soak_job(overlay: str) -> None:
         assert plan["soak"]["duration_s"] < job["spec"]["activeDeadlineSeconds"]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_soak_workers_fail_their_job_when_the_master_is_lost(overlay: str) -> None:
+    """A worker that loses its master exits 4 (loadtest/watchdog.py): the workers'
+    Job fails on that exit code, not after retries, and each pod says why in its
+    termination message (the file the worker writes, or its log's tail)."""
+    docs = render(overlay)
+    for name, container_name in (("modelsoak-soak-workers", "worker"), ("modelsoak-soak", "master")):
+        job = one(docs, "Job", name)
+        assert job["spec"]["backoffLimit"] == 0
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+        (c,) = job["spec"]["template"]["spec"]["containers"]
+        assert c["name"] == container_name
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert env_of(c)["LOCUST_TERMINATION_LOG"] == c.get("terminationMessagePath", "/dev/termination-log")
+    rules = one(docs, "Job", "modelsoak-soak-workers")["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "worker", "operator": "In", "values": [4]},
+    }
+    assert rules[-1]["action"] == "FailJob" and rules[-1]["onExitCodes"]["values"] == [0]
+    (worker,) = one(docs, "Job", "modelsoak-soak-workers")["spec"]["template"]["spec"]["containers"]
+    assert float(env_of(worker)["LOCUST_MASTER_TIMEOUT_S"]) <= 5
+
+
 def test_network_policies_admit_only_the_right_peers() -> None:
     docs = render("cpu")
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
@@ -286,7 +310,7 @@ def test_network_policies_admit_only_the_right_peers() -> None:
         assert not peers(worker, "any")
     # Locust's web UI starts and stops tests without a login: never open to everyone nor
     # to other namespaces (only this namespace's pods and Prometheus), never exposed on
-    # a node or load balancer; the README and the manifest say to port-forward to it.
+    # a node or load balancer; the docs and the manifest say to port-forward to it.
     web_peers = peers("modelsoak-locust-master", "web")
     assert web_peers and {"everyone": True} not in web_peers
     assert all(p == {"podSelector": {}} or p == prometheus for p in web_peers), web_peers
@@ -303,7 +327,7 @@ RUN_TIME = "60s"  # Locust's -t: the hard stop, above the plan's duration
 SHORT_SOAK: dict[str, float | None] = {"duration_s": 12, "leak_warmup_s": 3}
 # The plan's p99 of 100 ms is for a cluster; here one small machine runs the
 # server, the master and both workers, and timing is not asserted in tests
-# (speed is measured in bench/, README "Benchmarks"). The passing run drops it;
+# (speed is measured in bench/, docs/explanation/benchmarks.md). The passing run drops it;
 # the failing run sets one nothing meets.
 NO_LATENCY_SLO: dict[str, float | None] = {"p99_ms": None}
 
@@ -408,6 +432,37 @@ def test_soak_overlay_with_an_slo_that_cannot_hold_fails(soak: SoakHere) -> None
     assert code == 3, log[-4000:]
     assert json.loads((results / "summary.json").read_text())["verdict"] == "FAIL"
     assert _pushed(soak.cluster, results.name)["modelsoak_run_exit_code"] == 3
+
+
+@pytest.mark.slow
+def test_soak_workers_exit_4_and_say_why_when_the_master_is_killed(soak: SoakHere) -> None:
+    """The master's pod dies mid-run: each worker pod stops within the manifest's
+    LOCUST_MASTER_TIMEOUT_S, exits 4 (the workers' Job's FailJob rule) and leaves
+    the reason in its termination-message file."""
+    cluster = soak.cluster
+    cluster.edit_configmap = _plan_editor({**NO_LATENCY_SLO, "duration_s": 120})
+    parallelism = one(cluster.docs, "Job", "modelsoak-soak-workers")["spec"]["parallelism"]
+    master = cluster.start("Job", "modelsoak-soak", "lost")
+    workers = [cluster.start("Job", "modelsoak-soak-workers", f"lost-{i}") for i in range(parallelism)]
+    series = cluster.claims["modelsoak-results"] / master.name / "timeseries.jsonl"
+
+    def sending() -> bool:
+        lines = series.read_text().splitlines() if series.exists() else []
+        return any('"count": 0' not in line and '"count"' in line for line in lines)
+
+    deadline = time.monotonic() + 120
+    while not sending():
+        assert master.procs["master"].poll() is None, cluster.log(master, "master")[-3000:]
+        assert time.monotonic() < deadline, "the workers never sent: " + cluster.log(master, "master")[-3000:]
+        time.sleep(0.5)  # the interval between two reads of the series, not a wait for it
+    master.procs["master"].send_signal(signal.SIGKILL)
+    master.procs["master"].wait(30)
+    for w in workers:
+        code = w.procs["worker"].wait(timeout=60)  # a deadline for the event, not a speed check
+        message = cluster.termination_message(w, "worker")
+        assert code == 4, cluster.log(w, "worker")[-3000:]
+        assert "lost its master: no heartbeat for" in message and "exited 4" in message, message
+        assert not any(w.root.iterdir()), f"{w.name} wrote outside its volumes: {list(w.root.iterdir())}"
 
 
 @pytest.mark.slow

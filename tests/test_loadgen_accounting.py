@@ -52,6 +52,15 @@ def test_overload_at_1_5x_is_accounted_and_fails(start_server: Callable[..., Ser
     assert "p99" in s["totals"]["latency_ms"]["lower_bounds"], s["totals"]["latency_ms"]
     report = (run.results / "report.md").read_text()
     assert re.search(r"Sustained \d+/s of 1[45]\d/s offered", report) and "Lower bounds: " in report
+    # The diagnosis follows the evidence: the time went to waiting for a send slot
+    # because the server was saturated, not to the network.
+    if not s["generator"]["invalid_reasons"]:
+        assert re.fullmatch(r"server saturated: \d+/s of 1[45]\d/s offered", s["diagnosis"]), s["diagnosis"]
+        assert "The server is the limit at this load" in report
+    assert f"**Diagnosis: {s['diagnosis']}**" in report
+    assert "co-locate" not in report and "Transport takes" not in report
+    bd = s["server_breakdown"]
+    assert bd["send_wait_ms"] > bd["transport_ms"], bd
 
 
 def test_overload_at_10x_with_a_full_server_queue_is_accounted(

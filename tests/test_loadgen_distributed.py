@@ -16,7 +16,7 @@ import pytest
 
 from loadtest.recorder import Snapshot
 from server.netutil import free_port
-from tests.conftest import LOCUST, ROOT, ServerProcess, locust_cmd
+from tests.conftest import ServerProcess, locust_cmd, master_cmd, worker_cmd
 from tests.loadgen_support import wait_until
 
 pytestmark = pytest.mark.slow
@@ -46,32 +46,10 @@ class Cluster:
         return proc
 
     def master(self, server: ServerProcess, port: int, *args: str) -> subprocess.Popen[str]:
-        cmd = locust_cmd(
-            server,
-            self.tmp,
-            "--master",
-            "--master-bind-host",
-            "127.0.0.1",
-            "--master-bind-port",
-            str(port),
-            "--expect-workers",
-            "2",
-            *args,
-        )
-        return self.spawn(cmd, "master")
+        return self.spawn(master_cmd(server, self.tmp, port, 2, *args), "master")
 
     def worker(self, port: int, name: str) -> subprocess.Popen[str]:
-        cmd = [
-            LOCUST,
-            "-f",
-            str(ROOT / "loadgen"),
-            "--worker",
-            "--master-host",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-        ]
-        return self.spawn(cmd, name)
+        return self.spawn(worker_cmd(port), name)
 
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text()
@@ -125,6 +103,8 @@ def test_master_and_two_workers(mlp: ServerProcess, cluster: Cluster, tmp_path: 
     assert len(summary["generator"]["workers"]) == 2
     for cpu in summary["generator"]["workers"].values():  # each worker watched its own CPU
         assert 0 < cpu["cpu_mean"] <= cpu["cpu_max"], summary["generator"]
+    master_cpu = summary["generator"]["master"]  # and the master its own, and its event loop
+    assert master_cpu["cpu_max"] > 0 and 0 <= master_cpu["loop_lagged_fraction"] < 1, master_cpu
     # the master merged both workers: its totals match Locust's own count (warm-ups apart)
     locust_total = sum(
         int(line.split()[2])
@@ -132,12 +112,18 @@ def test_master_and_two_workers(mlp: ServerProcess, cluster: Cluster, tmp_path: 
         if line.startswith("grpc ") and "throughput[" in line and "|" in line  # the counts table
     )
     assert summary["totals"]["requests"] == locust_total
+    # Workers that were not saturated are not told to be more: no advice without its premise.
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Add load-generator workers" not in report and summary["diagnosis"], summary["diagnosis"]
     for w in workers:
         assert w.wait(60) == 0
 
 
 @pytest.mark.faults
-def test_lost_worker_is_named_in_the_report(mlp: ServerProcess, cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rebalance", [True, False], ids=["rebalanced", "no-rebalance"])
+def test_lost_worker_is_named_and_its_users_moved_or_the_reduced_load_shown(
+    mlp: ServerProcess, cluster: Cluster, tmp_path: Path, rebalance: bool
+) -> None:
     port = free_port()
     master = cluster.master(
         mlp,
@@ -145,7 +131,8 @@ def test_lost_worker_is_named_in_the_report(mlp: ServerProcess, cluster: Cluster
         "--scenario",
         "soak",
         "--slo-file",
-        _plan(tmp_path, "soak: {users: 4, duration_s: 16, leak_warmup_s: 1}\n"),
+        _plan(tmp_path, "soak: {users: 4, duration_s: 20, leak_warmup_s: 1}\n"),
+        *([] if rebalance else ["--no-rebalance"]),
     )
     workers = [cluster.worker(port, f"worker{i}") for i in range(2)]
     # Kill one once the master has measured load from both (a time-series point
@@ -158,10 +145,30 @@ def test_lost_worker_is_named_in_the_report(mlp: ServerProcess, cluster: Cluster
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     lost = summary["generator"]["lost_workers"]
     assert len(lost) == 1, summary["generator"]
+    assert [e["detail"] for e in summary["events"] if e["kind"] == "worker_lost"] == lost, summary["events"]
     assert summary["verdict"] == "INVALID"
     report = (tmp_path / "run" / "report.md").read_text()
     assert f"worker {lost[0]} was lost" in report
+    assert 'id="throughput-event-worker-lost-' in (tmp_path / "run" / "report.html").read_text()  # on the charts
     assert summary["totals"]["requests"] > 0  # what the lost worker measured before it died still counts
+    soak = next(p for p in summary["phases"] if p["kind"] == "soak")
+    assert soak["users_running_min"] == 2, soak  # the survivor's two, until (or unless) rebalanced
+    last = [p for p in _points(series) if p["users"] > 0][-1]  # the last before the users stop
+    reasons = " ".join(summary["generator"]["invalid_reasons"])
+    if rebalance:
+        # Locust's master moved the lost worker's users to the survivor: four again.
+        assert last["users"] == 4, last
+        assert soak["reduced_load_s"] < 8, soak
+    else:
+        assert last["users"] == 2, last
+        # Short from the loss until the phase ended (sampled each second), however
+        # late the kill came on a loaded machine.
+        lost_at = next(e["t_s"] for e in summary["events"] if e["kind"] == "worker_lost")
+        assert abs(soak["reduced_load_s"] - (soak["ended_s"] - lost_at)) <= 1.5, (soak, lost_at)
+        assert "its users were not moved (--no-rebalance)" in reasons, reasons
+        assert f"(only 2 for {soak['reduced_load_s']:.0f} s)" in report
+    if soak["reduced_load_s"] >= 1:
+        assert f"{soak['name']} ran with 2 of 4 users for" in reasons, reasons
 
 
 @pytest.mark.faults
@@ -187,6 +194,12 @@ def test_killed_master_leaves_the_time_series(mlp: ServerProcess, cluster: Clust
     points = _points(series)
     assert len(points) >= 6
     assert any(p.get("count", 0) > 0 and "p99_ms" in p for p in points)
+    # Points come from request times, merged across workers: with a report every 3 s
+    # and a point every 0.5 s, points cut by report arrival would be empty five times
+    # in six; by request time, a steady load draws a steady line.
+    counts = [p["count"] for p in points]
+    first = next(i for i, c in enumerate(counts) if c)
+    assert sum(1 for c in counts[first:] if c == 0) <= len(counts[first:]) // 4, counts
     assert not (tmp_path / "run" / "summary.json").exists()
     # The workers notice within --master-timeout-s (5 s), stop sending, keep what
     # they measured and exit 4 (Locust alone would load the server for 60 s more

@@ -52,9 +52,16 @@ def test_killed_target_fails_the_run_and_users_back_off(
     m = re.fullmatch(r"target unreachable from t=([\d.]+) s for ([\d.]+) s, (\d+) requests failed", check["actual"])
     assert m, check
     failed = int(m.group(3))
+    # The charts' marker: an "unreachable" event from the same moment.
+    (gone,) = [e for e in s["events"] if e["kind"] == "unreachable"]
+    assert abs(gone["t_s"] - float(m.group(1))) < 0.5 and gone["duration_s"] > 0, s["events"]
+    assert [e["detail"] for e in s["events"] if e["kind"] == "phase"] == [p["name"] for p in s["phases"]]
     # Results up to the kill are kept.
     assert s["totals"]["requests"] - s["totals"]["failures"] > 0, s["totals"]
     # Backed off: a handful of calls per user while the target is gone, not a hot loop
     # (2 s cap: under ~20 calls per user for the rest of an 8 s run).
     assert 0 < failed <= 8 * 20, check
     assert not any("CPU-saturated" in r for r in s["generator"]["invalid_reasons"]), s["generator"]
+    # The report's charts mark the outage as a span, and the error SLO broken where failures began.
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="throughput-event-unreachable-' in html and 'id="latency-event-slo-' in html

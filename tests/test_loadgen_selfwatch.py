@@ -20,7 +20,7 @@ def _cpu(samples: list[float]) -> CpuStats:
 
 
 def _snapshot(cpu: CpuStats) -> Snapshot:
-    return Snapshot(names={}, window="", openloop={}, cpu=cpu.to_snapshot(), started=0.0)
+    return Snapshot(names={}, windows={}, openloop={}, cpu=cpu.to_snapshot(), started=0.0)
 
 
 def test_cpu_stats_survive_the_trip_to_the_master() -> None:

@@ -45,6 +45,17 @@ def test_unbounded_p99_makes_the_run_invalid(
     assert f"not enough samples ({n} of 662)" in report and "## Percentile confidence" in report
     assert phase["good_requests"] == 0 and phase["goodput_rps"] == 0.0 and phase["goodput_latency_ms"] == 5.0
     assert phase["rps"] > 0
+    # The same few samples against a p99 target of 5 ms: every one took 20 ms, so the p99's
+    # lower bound is already over the limit. The failure is certain: FAIL, not INVALID.
+    (tmp_path / "strict").mkdir()
+    plan.write_text("latency: {users: 1, duration_s: 3, p99_ms: 5.0}\n")
+    strict = run_locust(srv, tmp_path / "strict", *COMMON, "--slo-file", str(plan))
+    t = strict.summary()
+    p99 = t["phases"][0]["latency_ms"]["ci"]["p99"]
+    assert not p99["enough"] and p99["low"] >= 20.0, p99
+    assert strict.returncode == 3 and t["verdict"] == "FAIL", strict.output[-3000:]
+    assert [c["name"] for c in t["slo"] if not c["passed"]] == ["latency p99"]
+    assert not any("not enough samples" in r for r in t["generator"]["invalid_reasons"]), t["generator"]
 
 
 def test_goodput_counts_the_requests_within_the_threshold(
@@ -63,4 +74,14 @@ def test_goodput_counts_the_requests_within_the_threshold(
     assert ok > 0 and phase["good_requests"] == ok
     assert abs(phase["goodput_rps"] - phase["rps"]) < 1e-9
     assert s["totals"]["goodput_rps"] > 0
-    assert "Goodput over the run" in (run.results / "report.md").read_text()
+    report = (run.results / "report.md").read_text()
+    assert "Goodput over the run" in report
+    # Our server says where its metrics are: memory is watched with no --server-metrics-url.
+    assert s["provenance"]["target"]["metrics_url"] == f"http://127.0.0.1:{srv.metrics_port}", s["provenance"]
+    assert s["memory"]["available"] and s["memory"]["peak_bytes"] > 0, s["memory"]
+    # One user, a 20 ms model, a server that keeps up: the model's compute is the time.
+    assert s["diagnosis"].startswith("compute: "), s["diagnosis"]
+    share = int(s["diagnosis"].split(": ", 1)[1].split("%")[0])
+    assert share >= 70, s["diagnosis"]
+    assert f"**Diagnosis: {s['diagnosis']}**" in report
+    assert "Add load-generator workers" not in report and "Transport takes" not in report

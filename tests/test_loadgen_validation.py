@@ -68,4 +68,6 @@ def test_report_names_our_servers_device_without_a_metrics_url(sleepy: ServerPro
     s = run.summary()
     assert s["provenance"]["target"]["device"] == "cpu", s["provenance"]["target"]
     report = (run.results / "report.md").read_text()
-    assert "- Server device: cpu; GPU: none (the model runs on CPU)" in report, report
+    assert "- Server device: cpu; GPU: none (the model runs on CPU" in report, report
+    # Without --server-metrics-url: our server said where its metrics are, and the run read them.
+    assert s["memory"]["available"] and s["provenance"]["server"]["device"] == "cpu", s["memory"]

@@ -72,7 +72,7 @@ def test_training_run_returns_the_typed_summary(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_examples_template_runs_on_cpu(tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
-    env = {"MODELSOAK_EXAMPLE_REGRESSION_TOLERANCE": "1.0"}  # a shared CI machine: README, "pytest plugin"
+    env = {"MODELSOAK_EXAMPLE_REGRESSION_TOLERANCE": "1.0"}  # a shared CI machine: docs/how-to/ci-regression.md
     proc = _pytest(["examples/", "--modelsoak-duration", "2", "--modelsoak-results", str(tmp_path / "res"),
                     f"--junitxml={junit}", "-q"], ROOT, env, timeout=900)  # fmt: skip
     outcomes = _outcomes(junit)

@@ -1,0 +1,284 @@
+"""The request engine: a child process per load-generator process that makes the
+closed-loop gRPC calls on a grpc.aio event loop, outside gevent.
+
+A Locust worker is a gevent-patched process whose grpcio runs in gevent mode,
+and there a sync call costs about twice the CPU of the same call made by
+grpc.aio in a plain process (bench/client_cost.py measures both). So Locust's
+users stay the concurrency -- each one an in-flight slot that the engine fills
+back to back -- and record what comes back in batches (Locust's request
+events, the HDR recorder, warm-up, requests_per_user: loadtest.user), while
+the calls themselves run here (loadtest.engine_client is the other side).
+grpc.aio on an OS thread of the Locust process was tried first: there the
+first call hangs (likely because, under gevent's patched threading, the poller
+thread grpc starts is a greenlet that the hub of the new thread never runs).
+
+Messages are length-prefixed pickles between two processes of one run on one
+host, the parent's own child: nothing else can write to the socket.
+
+  parent -> engine  ("open", cid, address, secure, tls, timeout_s)
+                    ("prep", cid, kind, request bytes)   kind: "kserve" | "torchserve"
+                    ("run", cid, gen, limit)             closed loop: call back to back, the
+                                                         results tagged `gen`, at most `limit`
+                                                         calls for it (0: no limit)
+                    ("halt", cid)                        the closed loop ends after its call
+                    ("close", cid)
+                    ("stream", 0, call_id, kind, address, tls, payload, timeout_s)
+                                                         one streamed request (kind "kserve-stream":
+                                                         the request's bytes; "openai": host, port,
+                                                         path, body), loadtest.streaming_aio
+  engine -> parent  [(cid, gen, status, details, size, breakdown, call_ns, done), ...]
+                    ("streams", [(call_id, outcome), ...])   outcome: streaming_aio.StreamOutcome
+
+A closed-loop slot backs off while the target refuses connections (as a
+gevent user does: loadtest.user), so a dead target is not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import random
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+import grpc
+
+# Imported when the engine starts, not at its first call: it starts with its
+# Locust process, and is ready before the first user is.
+from loadtest.protocols import MAX_MESSAGE, GrpcError, unreachable
+from server import breakdown
+from server.proto import grpc_service_pb2 as pb
+from server.proto import torchserve_pb2 as ts
+
+HEADER = struct.Struct("<I")
+METHODS = {
+    "kserve": "/inference.GRPCInferenceService/ModelInfer",
+    "torchserve": "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions",
+}
+# How long results wait to be sent in one batch: the parent only records them
+# (the latency was measured here), so fewer, larger writes cost both sides less CPU.
+SLOT_FLUSH_S = 0.02
+# Back-off while the target refuses connections: 50 ms doubling to 2 s, jittered.
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 2.0
+
+
+def frame(obj: Any) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+def unframe(buf: bytearray) -> list[Any]:
+    """Whole messages off the front of `buf` (consumed); a partial one stays."""
+    out = []
+    at = 0
+    while len(buf) - at >= HEADER.size:
+        (n,) = HEADER.unpack_from(buf, at)
+        if len(buf) - at - HEADER.size < n:
+            break
+        out.append(pickle.loads(buf[at + HEADER.size : at + HEADER.size + n]))
+        at += HEADER.size + n
+    del buf[:at]
+    return out
+
+
+def _parse_kserve(data: bytes) -> tuple[int, dict[str, int] | None]:
+    resp = pb.ModelInferResponse.FromString(data)
+    return len(data), breakdown.parse(resp.parameters)
+
+
+def _parse_torchserve(data: bytes) -> tuple[int, dict[str, int] | None]:
+    pred = ts.PredictionResponse.FromString(data).prediction
+    parsed = None
+    if pred[:1] == b"{":
+        try:
+            doc = json.loads(pred)
+            parsed = breakdown.parse(doc.get("parameters") or {}) if isinstance(doc, dict) else None
+        except (ValueError, TypeError):
+            parsed = None
+    return len(pred), parsed
+
+
+PARSERS = {"kserve": _parse_kserve, "torchserve": _parse_torchserve}
+
+
+class _Conn:
+    """One user's channel, and the request it sends."""
+
+    def __init__(self, address: str, secure: bool, tls: Any, timeout_s: float) -> None:
+        opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                                       ("grpc.max_send_message_length", MAX_MESSAGE)]  # fmt: skip
+        if secure:
+            self.channel = grpc.aio.secure_channel(
+                address, tls.credentials(), options=opts + tls.channel_options()
+            )
+        else:
+            self.channel = grpc.aio.insecure_channel(address, options=opts)
+        self.channel.get_state(try_to_connect=True)  # connected before the first call
+        self.timeout_s = timeout_s
+        self.kind = "kserve"
+        self.request = b""
+        self.call: Any = None
+        self.gen = 0
+        self.left = 0  # calls left for `gen` (0: no limit)
+        self.slot: asyncio.Task[None] | None = None
+        self.halted = False
+
+    def prepare(self, kind: str, request: bytes) -> None:
+        self.kind = kind
+        self.request = request
+        # Bytes in, bytes out: the request was serialized once by the parent.
+        self.call = self.channel.unary_unary(METHODS[kind])
+
+
+async def call_once(conn: _Conn) -> tuple[str, str, int, dict[str, int] | None, int, float]:
+    """One call: status, details, response size, breakdown, the call's ns, when it ended."""
+    t0 = time.perf_counter_ns()
+    try:
+        data = await conn.call(conn.request, timeout=conn.timeout_s)
+        t1 = time.perf_counter_ns()
+        size, server = PARSERS[conn.kind](data)
+        return "OK", "", size, server, t1 - t0, time.monotonic()
+    except grpc.RpcError as exc:
+        t1 = time.perf_counter_ns()
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() or "") if hasattr(exc, "details") else str(exc)
+        return code.name if code is not None else "UNKNOWN", details, 0, None, t1 - t0, time.monotonic()
+    except Exception as exc:  # any failure is the call's, never the engine's
+        t1 = time.perf_counter_ns()
+        return "UNKNOWN", f"{type(exc).__name__}: {exc}", 0, None, t1 - t0, time.monotonic()
+
+
+class Engine:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.conns: dict[int, _Conn] = {}
+        self.slot_out: list[tuple[Any, ...]] = []
+        # Streamed requests (op "stream"): their outcomes, and one channel per address.
+        self.stream_out: list[tuple[int, Any]] = []
+        self.stream_methods: dict[tuple[str, bool], Any] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._stream_flush_pending = False
+        self.loop = asyncio.get_running_loop()
+        self._slot_flush_pending = False
+
+    async def serve(self) -> None:
+        buf = bytearray()
+        while True:
+            try:
+                data = await self.loop.sock_recv(self.sock, 1 << 16)
+            except ConnectionError:
+                data = b""
+            if not data:
+                return  # the parent is gone
+            buf += data
+            for msg in unframe(buf):
+                self._handle(msg)
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        op, cid = msg[0], msg[1]
+        if op == "stream":
+            task = self.loop.create_task(self._stream(*msg[2:]))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif op == "open":
+            self.conns[cid] = _Conn(*msg[2:])
+        elif op == "prep":
+            self.conns[cid].prepare(msg[2], msg[3])
+        elif op == "run":
+            conn = self.conns[cid]
+            conn.gen, conn.left, conn.halted = msg[2], msg[3], False
+            if conn.slot is None or conn.slot.done():
+                conn.slot = self.loop.create_task(self._slot(cid, conn))
+        elif op == "halt":
+            self.conns[cid].halted = True
+        elif op == "close":
+            gone = self.conns.pop(cid, None)
+            if gone is not None:
+                gone.halted = True
+                self.loop.create_task(gone.channel.close())
+
+    async def _stream(
+        self, call_id: int, kind: str, address: str, tls: Any, payload: Any, timeout_s: float
+    ) -> None:
+        """One streamed request (loadtest.streaming_aio), its every token timed here;
+        its outcome goes back at the end of this turn of the loop (its user waits for it)."""
+        from loadtest import streaming_aio
+
+        try:
+            if kind == "openai":
+                host, port, path, body = payload
+                outcome = await streaming_aio.openai_stream(host, port, path, body, timeout_s)
+            else:
+                method = self.stream_methods.get((address, tls is not None))
+                if method is None:
+                    channel = (grpc.aio.secure_channel(address, tls.credentials(), options=tls.channel_options())
+                               if tls is not None else grpc.aio.insecure_channel(address))  # fmt: skip
+                    method = self.stream_methods[(address, tls is not None)] = streaming_aio.kserve_call(
+                        channel
+                    )
+                outcome = await streaming_aio.kserve_stream(method, payload, timeout_s)
+        except Exception as exc:  # any failure is the stream's, never the engine's
+            outcome = ("UNKNOWN", f"{type(exc).__name__}: {exc}", 0, [], 0, 0, 0, False, 0, {})
+        self.stream_out.append((call_id, outcome))
+        if not self._stream_flush_pending:
+            self._stream_flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    async def _slot(self, cid: int, conn: _Conn) -> None:
+        """A closed-loop user's sends, back to back, until halted or its limit is reached."""
+        refusals = 0
+        while not conn.halted:
+            gen = conn.gen
+            status, details, size, server, call_ns, done = await call_once(conn)
+            self.slot_out.append((cid, gen, status, details, size, server, call_ns, done))
+            if not self._slot_flush_pending:
+                self._slot_flush_pending = True
+                self.loop.call_later(SLOT_FLUSH_S, self._flush)
+            if conn.gen == gen and conn.left:
+                conn.left -= 1
+                if not conn.left:
+                    return  # this user's share of the phase is sent
+            if status == "UNAVAILABLE" and unreachable(GrpcError(status, details)):
+                refusals += 1
+                delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(refusals - 1, 16))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            else:
+                refusals = 0
+
+    def _flush(self) -> None:
+        self._slot_flush_pending = self._stream_flush_pending = False
+        slots, self.slot_out = self.slot_out, []
+        streams, self.stream_out = self.stream_out, []
+        if not (slots or streams):
+            return
+        data = (frame(slots) if slots else b"") + (frame(("streams", streams)) if streams else b"")
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):  # the parent is behind: wait for it (it reads in its own greenlet)
+            self.sock.setblocking(True)
+            try:
+                self.sock.sendall(data[sent:])
+            finally:
+                self.sock.setblocking(False)
+
+
+async def _main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    engine = Engine(sock)
+    await engine.serve()
+
+
+def main() -> None:
+    asyncio.run(_main(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""The gevent side of the request engine (loadtest.engine): one engine child per
+load-generator process, started when the process starts, and a client per user.
+
+In closed loop a user's slot runs in the engine (`run_slot`): the engine
+calls back to back and streams the results, which one greenlet reads in
+batches and hands to the user's `on_results` (recording, Locust's request
+events). The messages of every user in one turn of the gevent loop leave in
+one write. In open loop a user calls through its local client (`local`), on
+gevent's loop with the dispatcher that schedules the sends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import gevent
+from gevent.event import AsyncResult
+
+from loadtest.engine import frame, unframe
+from loadtest.protocols import GrpcError, KServeClient, Target, TorchServeClient, grpc_target
+from loadtest.streaming import COUNTED, FROM_USAGE, KServeStreamClient, OpenAIClient, StreamResult
+from loadtest.tls import ClientTls
+
+if TYPE_CHECKING:
+    import numpy as np
+    from locust.env import Environment
+
+    from loadtest.options import Options
+    from loadtest.streaming_aio import StreamOutcome
+    from loadtest.workload import Prompt
+
+log = logging.getLogger("modelsoak.loadgen")
+ENGINE_FD = 3  # the socket's descriptor number in the engine
+_ATTR = "_modelsoak_engine"
+# A closed-loop slot's result: generation, status, details, size, breakdown, call ns, when it ended.
+SlotResult = tuple[int, str, str, int, "dict[str, int] | None", int, float]
+
+
+class EngineProcess:
+    """The child and the socket to it; every user of this process shares it."""
+
+    def __init__(self) -> None:
+        parent, child = socket.socketpair()
+        self.sock = parent
+        self.slots: dict[int, Callable[[list[SlotResult]], None]] = {}
+        self.waiting: dict[int, AsyncResult] = {}  # streamed requests by call id
+        self._ids = itertools.count(1)
+        self._out: list[bytes] = []
+        self._cids = itertools.count(1)
+        self._flush_queued = False
+        self.dead = False
+        self._child = child
+        self.pid = 0
+
+    def start(self) -> None:
+        # Made before it starts: every user that comes meanwhile finds this one.
+        child = self._child
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+        }
+        # posix_spawn, not fork: a forked copy of this process runs grpc's fork
+        # handlers, whose poller can die on the descriptors closed before exec.
+        self.pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "loadtest.engine", str(ENGINE_FD)],
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, child.fileno(), ENGINE_FD)],
+        )
+        child.close()
+        self._reader = gevent.spawn(self._read)
+
+    def new_cid(self) -> int:
+        return next(self._cids)
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        self._out.append(frame(msg))
+        if not self._flush_queued:
+            # Every message queued in this turn of the loop leaves in one write.
+            self._flush_queued = True
+            gevent.get_hub().loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_queued = False
+        data, self._out = b"".join(self._out), []
+        if data and not self.dead:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self._gone()
+
+    def stream(
+        self, kind: str, address: str, tls: ClientTls | None, payload: Any, timeout_s: float
+    ) -> StreamOutcome:
+        """One streamed request made by the engine (loadtest.streaming_aio)."""
+        if self.dead:
+            raise GrpcError("UNAVAILABLE", "the request engine process ended")
+        call_id = next(self._ids)
+        waiter = self.waiting[call_id] = AsyncResult()
+        self.send(("stream", 0, call_id, kind, address, tls, payload, timeout_s))
+        try:
+            return cast("StreamOutcome", waiter.get())
+        finally:
+            self.waiting.pop(call_id, None)
+
+    def _read(self) -> None:
+        buf = bytearray()
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                self._gone()
+                return
+            buf += data
+            for msg in unframe(buf):
+                if isinstance(msg, tuple) and msg[0] == "streams":
+                    for call_id, outcome in msg[1]:
+                        waiter = self.waiting.get(call_id)
+                        if waiter is not None:  # None: its user stopped waiting (killed at the run's end)
+                            waiter.set(outcome)
+                else:
+                    self._deliver(msg)
+
+    def _deliver(self, slots: list[tuple[Any, ...]]) -> None:
+        by_cid: dict[int, list[SlotResult]] = defaultdict(list)
+        for r in slots:
+            by_cid[r[0]].append(r[1:])
+        for cid, results in by_cid.items():
+            handler = self.slots.get(cid)
+            if handler is not None:
+                try:
+                    handler(results)
+                except Exception:  # one user's bookkeeping must not end every user's results
+                    log.exception("recording the engine's results")
+
+    def _gone(self) -> None:
+        if not self.dead:
+            self.dead = True
+            log.error("the request engine process ended (exit %s)", self._reap())
+        for waiter in list(self.waiting.values()):
+            waiter.set_exception(GrpcError("UNAVAILABLE", "the request engine process ended"))
+
+    def close(self) -> None:
+        self.dead = True
+        self.sock.close()
+        # It ends on its own once its socket closes; this only reaps it.
+        end = time.monotonic() + 5.0
+        while self.pid and self._reap() is None and time.monotonic() < end:
+            gevent.sleep(0.02)
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+            self._reap()
+
+    def _reap(self) -> int | None:
+        """The child's exit status once it has ended (None while it runs)."""
+        if not self.pid:
+            return None
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0  # reaped elsewhere
+        if pid == 0:
+            return None
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status)
+
+
+def engine_of(environment: Environment) -> EngineProcess:
+    """This process's engine, started at the first call."""
+    engine: EngineProcess | None = getattr(environment, _ATTR, None)
+    if engine is None or engine.dead:
+        engine = EngineProcess()
+        setattr(environment, _ATTR, engine)
+        engine.start()
+    return engine
+
+
+def engine_pid(environment: Environment) -> int:
+    """The pid of this process's engine, 0 when it has none."""
+    engine: EngineProcess | None = getattr(environment, _ATTR, None)
+    return engine.pid if engine is not None and not engine.dead else 0
+
+
+def close_engine(environment: Environment) -> None:
+    engine: EngineProcess | None = getattr(environment, _ATTR, None)
+    if engine is not None:
+        engine.close()
+        setattr(environment, _ATTR, None)
+
+
+class EngineClient:
+    """A user's client whose calls the engine makes. Requests are built by the
+    local client (one serialization per target), sent as bytes."""
+
+    def __init__(self, environment: Environment, local: KServeClient | TorchServeClient, host: str,
+                 timeout_s: float, tls: ClientTls) -> None:  # fmt: skip
+        self.local = local
+        self.kind = "torchserve" if isinstance(local, TorchServeClient) else "kserve"
+        self.environment = environment
+        address, secure = grpc_target(host)
+        self._open = ("open", 0, address, secure, tls if secure else None, timeout_s)
+        self._prep: bytes | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        self.engine = engine_of(self.environment)
+        self.cid = self.engine.new_cid()
+        self.engine.send((self._open[0], self.cid, *self._open[2:]))
+        if self._prep is not None:
+            self.engine.send(("prep", self.cid, self.kind, self._prep))
+
+    def prepare(self, target: Target, arrays: dict[str, np.ndarray]) -> None:
+        self.local.prepare(target, arrays)
+        request = self.local._request
+        assert request is not None
+        self._prep = request.SerializeToString()
+        self.engine.send(("prep", self.cid, self.kind, self._prep))
+
+    def run_slot(self, gen: int, limit: int, on_results: Callable[[list[SlotResult]], None]) -> None:
+        """Closed loop: the engine sends back to back for this user, results tagged
+        `gen` and handed to `on_results` in batches; at most `limit` (0: no limit)."""
+        if self.engine.dead:
+            self._connect()
+        self.engine.slots[self.cid] = on_results
+        self.engine.send(("run", self.cid, gen, limit))
+
+    def halt(self) -> None:
+        """The closed loop ends after the call in flight (whose result still comes)."""
+        if not self.engine.dead:
+            self.engine.send(("halt", self.cid))
+
+    def close(self) -> None:
+        self.engine.slots.pop(self.cid, None)
+        if not self.engine.dead:
+            self.engine.send(("close", self.cid))
+        self.local.close()
+
+
+class EngineStreamer:
+    """A user's streaming client whose streams the engine reads: the local client
+    (loadtest.streaming) resolves the target and builds each request; the engine
+    sends it and times every token as it arrives, on a loop with nothing else to
+    do (under gevent a token is read through gevent's thread pool and waits for
+    the Locust process: bench/streams.py measures both)."""
+
+    def __init__(
+        self, environment: Environment, local: OpenAIClient | KServeStreamClient, opts: Options
+    ) -> None:
+        self.environment = environment
+        self.local = local
+        self.timeout_s = opts.request_timeout
+        if isinstance(local, OpenAIClient):
+            self.kind, self.address, self.tls = "openai", "", None
+        else:
+            address, secure = grpc_target(opts.host)
+            self.kind, self.address, self.tls = "kserve-stream", address, opts.tls if secure else None
+
+    @classmethod
+    def wrap(cls, environment: Environment, local: OpenAIClient | KServeStreamClient,
+             opts: Options) -> OpenAIClient | KServeStreamClient | EngineStreamer:  # fmt: skip
+        """The engine's streamer, except over HTTPS (which the engine does not speak: the local client reads it)."""
+        if isinstance(local, OpenAIClient) and local.scheme == "https":
+            return local
+        return cls(environment, local, opts)
+
+    def resolve(self, model: str) -> str:
+        """KServe: the inputs the model declares (each request is built from them)."""
+        return self.local.resolve(model)
+
+    def stream(self, model: str, prompt: Prompt, seed: int) -> StreamResult:
+        if isinstance(self.local, OpenAIClient):
+            c = self.local
+            path = c.base + ("/chat/completions" if c.endpoint == "chat" else "/completions")
+            payload: Any = (c.hostname, c.port, path, json.dumps(c.body(model, prompt, seed)).encode())
+        else:
+            payload = self.local.request(model, prompt, seed).SerializeToString()
+        outcome = engine_of(self.environment).stream(
+            self.kind, self.address, self.tls, payload, self.timeout_s
+        )
+        status, details, ttft, itl, e2e, prompt_tokens, output_tokens, from_usage, size, server_ns = outcome
+        if status != "OK":
+            raise GrpcError(status, details)
+        return StreamResult(ttft, itl, e2e, prompt_tokens, output_tokens, FROM_USAGE if from_usage else COUNTED,
+                            size, server_ns)  # fmt: skip
+
+    def close(self) -> None:
+        self.local.close()
