@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.modelsoak-installed
 
-.PHONY: setup demo test test-fast faults bench proto lint stack system-deps tools k8s-sync image image-cuda clean
+.PHONY: setup demo test test-fast faults bench proto lint docs samples stack system-deps tools k8s-sync image image-cuda clean
 
 setup: $(STAMP)
 
@@ -29,10 +29,11 @@ demo: setup
 # libb64 (which Triton's perf_analyzer links).
 system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-	    || ! command -v prometheus-pushgateway >/dev/null || ! ldconfig -p | grep -q libb64.so.0d; then \
+	    || ! command -v prometheus-pushgateway >/dev/null || ! ldconfig -p | grep -q libb64.so.0d \
+	    || ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    --no-install-recommends prometheus prometheus-pushgateway libb64-0d >/dev/null; \
+	    --no-install-recommends prometheus prometheus-pushgateway libb64-0d chromium >/dev/null; \
 	fi
 
 # Triton's perf_analyzer, for the interoperability test (downloaded, never committed).
@@ -58,6 +59,15 @@ proto: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The documentation site, offline and strict (a warning fails it) into build/site;
+# its reference pages are made from the code while it builds (tools/docs_hooks.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The sample outputs the docs show (docs/samples/), from real runs.
+samples: setup
+	$(PY) tools/sample_outputs.py
 
 stack: setup system-deps
 	$(PY) -m exporters.stack

@@ -1,0 +1,1 @@
+"""Repository tools: fetching perf_analyzer, the docs reference pages and sample outputs."""
