@@ -160,8 +160,12 @@ class KServeClient:
                 if len(dims) != len(sample) or any(
                     d != -1 and d != g for d, g in zip(sample, dims, strict=True)
                 ):
+                    given = "x".join(map(str, dims))
+                    example = "x".join(str(d) if d > 0 else "4" for d in sample) or "(none)"
+                    batch_note = " after its batch dim (--batch-size sets that one)" if batchable else ""
                     raise SetupError(
-                        f"--input-shape {dims} does not fit input '{t.name}' of shape {list(t.shape)}"
+                        f"--input-shape {given} does not fit input '{t.name}' of shape {list(t.shape)}: "
+                        f"expected the {len(sample)} dim(s) of one sample{batch_note}, e.g. --input-shape {example}"
                     )
                 sample = list(dims)
             if any(d < 0 for d in sample):

@@ -43,6 +43,17 @@ def test_bad_option_refused_before_any_user(
     assert all(n in line for n in named), line
 
 
+def test_a_shape_with_the_batch_dim_is_refused_with_the_shape_expected(
+    sleepy: ServerProcess, tmp_path: Path
+) -> None:
+    # The sleep model's input is [-1, -1]: a batch dim, then one dim per sample.
+    run = run_locust(sleepy, tmp_path, "-u", "1", "-t", "3", "--input-shape", "1x4")
+    assert run.returncode == 2 and "Traceback" not in run.output, run.output[-3000:]
+    line = next(x for x in run.output.splitlines() if "could not start" in x)
+    assert "--input-shape 1x4 does not fit input 'INPUT0' of shape [-1, -1]" in line, line
+    assert "1 dim(s) of one sample after its batch dim" in line and "e.g. --input-shape 4" in line, line
+
+
 def test_plain_run_judges_the_latency_threshold(sleepy: ServerProcess, tmp_path: Path) -> None:
     plan = tmp_path / "slo.yaml"
     plan.write_text("latency: {p99_ms: 0.001}\n")
