@@ -80,6 +80,7 @@ class EngineProcess:
         )
         child.close()
         self._reader = gevent.spawn(self._read)
+        log.info("request engine started (pid %d): this process's closed-loop calls and streams are made there", self.pid)
 
     def new_cid(self) -> int:
         return next(self._cids)

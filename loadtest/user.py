@@ -138,7 +138,7 @@ class Session:
         if self.streamer is not None and uses_engine(self.opts.client_engine, self.opts.protocol):
             # Streams are read in the engine, where each token is timed as it arrives.
             self.streamer = EngineStreamer.wrap(environment, self.streamer, self.opts)
-        elif self.opts.client_engine == "process":
+        elif self.streamer is None and uses_engine(self.opts.client_engine, self.opts.protocol):
             # The calls go to this process's request engine (loadtest.engine).
             self.client = EngineClient(
                 environment, self.client, self.opts.host, self.opts.request_timeout, self.opts.tls
