@@ -31,12 +31,13 @@ STREAMING = ("openai", "kserve-stream")
 
 
 def uses_engine(client_engine: str, protocol: str) -> bool:
-    """Whether a process's calls go to its request engine (loadtest.engine): with
-    --client-engine auto (the default) or process, for every protocol. Closed-loop calls
-    cost 1.6x less client CPU there (bench/client_cost.py), and each streamed token is timed
-    on a loop with nothing else to do (through gevent it waits for the Locust process:
-    bench/streams.py). Open-loop calls are made in the Locust process either way."""
-    return client_engine != "gevent"
+    """Whether a process's calls go to its request engine (loadtest.engine): --client-engine
+    process, or auto for streamed requests (each token is then timed on a loop with nothing
+    else to do; through gevent it waits for the Locust process: bench/streams.py).
+    Closed-loop unary calls cost 1.6x less client CPU there (bench/client_cost.py), but
+    auto keeps them under gevent until the engine's own event loop is watched: a starved
+    engine is now seen only through its CPU percent, not through its lag."""
+    return client_engine == "process" or (client_engine == "auto" and protocol in STREAMING)
 
 
 # The order of the groups in --help, the web UI and the reference.
@@ -114,7 +115,7 @@ FLAGS: tuple[Flag, ...] = (
          "process, the users its in-flight slots) or gevent (each user's own sync call, in the Locust "
          "process); open-loop calls are made in the Locust process either way; streamed requests "
          "(openai, kserve-stream) are read in the engine with process, in the Locust process with gevent; "
-         "auto: process",
+         "auto: process for streamed requests, gevent for the rest",
          "auto", choices=("auto", "process", "gevent"), web_ui=_PER_PROCESS),
     Flag("--server-metrics-url", "Target", "Server metrics URL",
          "the server's metrics: our server's http://HOST:8002 (JSON /stats), or a Prometheus /metrics URL", ""),

@@ -1,5 +1,5 @@
-"""Where the calls are made (--client-engine): the request engine by default
-(loadtest.engine), or each user's own call under gevent. Real `locust -f
+"""Where the calls are made (--client-engine): the request engine
+(loadtest.engine), or each user's own call under gevent (the default for unary calls). Real `locust -f
 loadgen/` runs against the `sleep` model, whose time is known; both paths must
 give the same figures, and the log says which one made the calls."""
 
@@ -20,7 +20,7 @@ def sleepy(start_module_server: Callable[..., ServerProcess]) -> ServerProcess:
     return start_module_server("--model", "sleep", "--param", "sleep_ms=10", "--max-batch-size", "1")
 
 
-@pytest.mark.parametrize("engine", ["auto", "gevent"])
+@pytest.mark.parametrize("engine", ["process", "gevent"])
 def test_closed_loop_on_either_path_measures_the_model(
     sleepy: ServerProcess, tmp_path: Path, engine: str
 ) -> None:
@@ -30,8 +30,8 @@ def test_closed_loop_on_either_path_measures_the_model(
                      "--client-engine", engine, "--slo-file", str(plan))  # fmt: skip
     s = run.summary()
     assert run.returncode == 0 and s["verdict"] == "PASS", run.output[-3000:]
-    # auto is the engine: its start is in the log; under gevent there is none.
-    assert (ENGINE_LINE in run.output) == (engine == "auto"), run.output[-3000:]
+    # The engine's start is in the log; under gevent there is none.
+    assert (ENGINE_LINE in run.output) == (engine == "process"), run.output[-3000:]
     (phase,) = s["phases"]
     # One user back to back on a 10 ms model: about 90 requests/s, each 10 ms and a little.
     assert phase["requests"] > 150 and phase["failures"] == 0, phase

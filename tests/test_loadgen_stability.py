@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.results import Slice
-from loadtest.stability import agree
+from loadtest.stability import StabilityWatch, agree
 from tests.conftest import ServerProcess, run_locust
 
 
@@ -25,6 +25,18 @@ def test_the_last_three_windows_must_agree_within_ten_percent() -> None:
     assert not agree([_w(100, 20), _w(125, 21), _w(100, 20)])  # throughput 11 % off the mean
     assert not agree([_w(100, 20), _w(100, 25), _w(100, 20)])  # p99 off
     assert not agree([_w(100, 20), Slice("p", 0, 0, 5, None, 20, 20, 20, False), _w(100, 20)])
+
+
+def test_windows_that_close_together_are_judged_up_to_the_most_allowed() -> None:
+    # p99 grows 25 % a window for 8 windows, then three agree: they came after the eighth,
+    # all at once (the series is written behind the requests), and are not judged.
+    watch = StabilityWatch(max_windows=8)
+    for p99 in [10 * 1.25**i for i in range(8)] + [60.0, 61.0, 60.5]:
+        watch.on_slice(Slice("p", 0.0, 1.0, 10, 100.0, p99, p99, p99, True))
+    assert watch.done("p")
+    (r,) = watch.results(["p"])
+    assert not r.stable and r.counted == [] and len(r.windows) == 11, r
+    assert "not stable after 8 windows (at most 8)" in r.reason, r.reason
 
 
 @pytest.mark.slow
