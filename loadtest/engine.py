@@ -28,6 +28,9 @@ host, the parent's own child: nothing else can write to the socket.
                                                          path, body), loadtest.streaming_aio
   engine -> parent  [(cid, gen, status, details, size, breakdown, call_ns, done), ...]
                     ("streams", [(call_id, outcome), ...])   outcome: streaming_aio.StreamOutcome
+                    ("ticks", [late_s, ...])    the engine's own event-loop lag, about once a second:
+                                                how late each LOOP_TICK_S sleep woke (the
+                                                Locust process's self-watch counts them with its own)
 
 A closed-loop slot backs off while the target refuses connections (as a
 gevent user does: loadtest.user), so a dead target is not hammered.
@@ -50,6 +53,7 @@ import grpc
 # Imported when the engine starts, not at its first call: it starts with its
 # Locust process, and is ready before the first user is.
 from loadtest.protocols import MAX_MESSAGE, GrpcError, unreachable
+from loadtest.recorder import LOOP_TICK_S
 from server import breakdown
 from server.proto import grpc_service_pb2 as pb
 from server.proto import torchserve_pb2 as ts
@@ -165,6 +169,20 @@ class Engine:
         self._stream_flush_pending = False
         self.loop = asyncio.get_running_loop()
         self._slot_flush_pending = False
+        self.ticks_out: list[float] = []
+        self._watch_task = self.loop.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """How late a LOOP_TICK_S sleep wakes on this loop: the calls and their
+        timing wait as long, so an engine short of CPU shows as a generator short
+        of CPU, not as transport time."""
+        per_second = round(1.0 / LOOP_TICK_S)
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LOOP_TICK_S)
+            self.ticks_out.append(time.monotonic() - before - LOOP_TICK_S)
+            if len(self.ticks_out) >= per_second:
+                self._flush()
 
     async def serve(self) -> None:
         buf = bytearray()
@@ -254,9 +272,11 @@ class Engine:
         self._slot_flush_pending = self._stream_flush_pending = False
         slots, self.slot_out = self.slot_out, []
         streams, self.stream_out = self.stream_out, []
-        if not (slots or streams):
+        ticks, self.ticks_out = self.ticks_out, []
+        if not (slots or streams or ticks):
             return
-        data = (frame(slots) if slots else b"") + (frame(("streams", streams)) if streams else b"")
+        data = ((frame(slots) if slots else b"") + (frame(("streams", streams)) if streams else b"")
+                + (frame(("ticks", ticks)) if ticks else b""))  # fmt: skip
         try:
             sent = self.sock.send(data)
         except BlockingIOError:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelsoak.loadgen")
 ENGINE_FD = 3  # the socket's descriptor number in the engine
 _ATTR = "_modelsoak_engine"
+_TICKS_ATTR = "_modelsoak_engine_ticks"
 # A closed-loop slot's result: generation, status, details, size, breakdown, call ns, when it ended.
 SlotResult = tuple[int, str, str, int, "dict[str, int] | None", int, float]
 
@@ -49,8 +50,9 @@ SlotResult = tuple[int, str, str, int, "dict[str, int] | None", int, float]
 class EngineProcess:
     """The child and the socket to it; every user of this process shares it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tick_sink: Callable[[], Callable[[float], None] | None] = lambda: None) -> None:
         parent, child = socket.socketpair()
+        self._tick_sink = tick_sink  # where the engine's loop lag goes (the run's self-watch), if anywhere
         self.sock = parent
         self.slots: dict[int, Callable[[list[SlotResult]], None]] = {}
         self.waiting: dict[int, AsyncResult] = {}  # streamed requests by call id
@@ -127,7 +129,12 @@ class EngineProcess:
                 return
             buf += data
             for msg in unframe(buf):
-                if isinstance(msg, tuple) and msg[0] == "streams":
+                if isinstance(msg, tuple) and msg[0] == "ticks":
+                    sink = self._tick_sink()
+                    if sink is not None:
+                        for late in msg[1]:
+                            sink(late)
+                elif isinstance(msg, tuple) and msg[0] == "streams":
                     for call_id, outcome in msg[1]:
                         waiter = self.waiting.get(call_id)
                         if waiter is not None:  # None: its user stopped waiting (killed at the run's end)
@@ -183,10 +190,16 @@ def engine_of(environment: Environment) -> EngineProcess:
     """This process's engine, started at the first call."""
     engine: EngineProcess | None = getattr(environment, _ATTR, None)
     if engine is None or engine.dead:
-        engine = EngineProcess()
+        engine = EngineProcess(lambda: getattr(environment, _TICKS_ATTR, None))
         setattr(environment, _ATTR, engine)
         engine.start()
     return engine
+
+
+def watch_engine_loop(environment: Environment, tick: Callable[[float], None]) -> None:
+    """The engine's event-loop lag goes to `tick` (the run's self-watch), as the
+    Locust process's own does."""
+    setattr(environment, _TICKS_ATTR, tick)
 
 
 def engine_pid(environment: Environment) -> int:

@@ -34,9 +34,8 @@ def uses_engine(client_engine: str, protocol: str) -> bool:
     """Whether a process's calls go to its request engine (loadtest.engine): --client-engine
     process, or auto for streamed requests (each token is then timed on a loop with nothing
     else to do; through gevent it waits for the Locust process: bench/streams.py).
-    Closed-loop unary calls cost 1.6x less client CPU there (bench/client_cost.py), but
-    auto keeps them under gevent until the engine's own event loop is watched: a starved
-    engine is now seen only through its CPU percent, not through its lag."""
+    Closed-loop unary calls cost 1.6x less client CPU there (bench/client_cost.py); auto
+    keeps them under gevent until the whole suite has run on the engine with its loop watch."""
     return client_engine == "process" or (client_engine == "auto" and protocol in STREAMING)
 
 

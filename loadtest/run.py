@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 
 from loadtest import capacity, repeats
-from loadtest.engine_client import engine_pid
+from loadtest.engine_client import engine_pid, watch_engine_loop
 from loadtest.flags import STREAMING
 from loadtest.fold import Folded
 from loadtest.openloop import Dispatcher, Ticket
@@ -531,7 +531,8 @@ class Run:
 
     def _sample_cpu(self) -> None:
         """CPU percent each second, and between samples the event loop's lag:
-        how late a short sleep wakes up."""
+        how late a short sleep wakes up, here and in the request engine."""
+        watch_engine_loop(self.environment, self.recorder.add_loop_tick)
         watch_loop(
             self.recorder.add_loop_tick, self.recorder.add_cpu_sample, lambda: engine_pid(self.environment)
         )
