@@ -453,6 +453,15 @@ class Run:
         (workers report every 3 s: a master waits that long past an interval's
         end), each from the requests that ended in it, whichever worker sent them;
         `final`: every interval up to now."""
+        # The server's memory first: its poll waits on the network, and a greenlet that
+        # waits can be killed there (the run's end stops the series greenlet while the
+        # last points are written). From here on nothing waits, so the intervals this
+        # call takes are written, never lost with a killed call.
+        if self.watch is None and self.target is not None and self.target.metrics_url:
+            # Our server says where its metrics are: watch them without --server-metrics-url.
+            self.watch = ServerWatch(self.target.metrics_url)
+            log.info("server metrics from the server's model config: %s", self.target.metrics_url)
+        memory = (self.watch.poll() or None) if self.watch is not None else None
         if self.role == "local":
             self._take_windows(self.recorder.snapshot(take_window=True, names=()))
         runner = self.environment.runner
@@ -500,14 +509,8 @@ class Run:
             drop(self.windows.pop(late))
         for late in [k for k in self.token_windows if k < self.next_bucket]:
             drop(*self.token_windows.pop(late).values())
-        if self.watch is None and self.target is not None and self.target.metrics_url:
-            # Our server says where its metrics are: watch them without --server-metrics-url.
-            self.watch = ServerWatch(self.target.metrics_url)
-            log.info("server metrics from the server's model config: %s", self.target.metrics_url)
-        if self.watch is not None:
-            memory = self.watch.poll() or None
-            if points:
-                points[-1].server_memory = memory
+        if memory is not None and points:
+            points[-1].server_memory = memory
         return points
 
     # -- the sending side ---------------------------------------------------------------
