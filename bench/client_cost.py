@@ -17,6 +17,10 @@ window that leaves out start-up and the end). The goals, as ratios:
   gevent >= 1.3;
 - against `sleep` (10 ms) at concurrency 1: our p50 within 0.5 ms of
   perf_analyzer's average (`sleep_p50_margin`: 1 - |ours - pa| / 0.5 ms >= 0).
+
+Beside them, the open-loop dispatcher's lag behind its schedule (500 requests/s,
+Poisson, 16 users, `mlp`) on the engine's loop and on gevent's, from each run's
+summary (`open_loop_lag_ms`: median, p99 and worst).
 """
 
 from __future__ import annotations
@@ -66,22 +70,44 @@ def perf_analyzer(port: int, model: str, concurrency: int, shape: str) -> dict[s
     return {"rps": thr, "cpu_ms_per_request": cpu / (thr * window) * 1e3, "avg_ms": avg_us / 1e3, "p50_ms": p50_us / 1e3}
 
 
-def locust(port: int, users: int, engine: str, shape: str, duration: float = 14.0) -> dict[str, float]:
+def _locust_run(port: int, users: int, engine: str, duration: float, extra: list[str]) -> tuple[dict[str, Any], float, float]:
+    """A headless run's summary, its client CPU-seconds over a window that leaves
+    out start-up and the end, and that window's length."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [LOCUST, "-f", str(ROOT / "loadgen"), "--headless", "--host", f"grpc://127.0.0.1:{port}",
                "-u", str(users), "-r", str(users), "-t", f"{int(duration)}s", "--only-summary",
-               "--warmup-requests", "0", "--client-engine", engine, "--results-dir", tmp]  # fmt: skip
-        if shape:
-            cmd += ["--input-shape", shape]
+               "--warmup-requests", "0", "--client-engine", engine, "--results-dir", tmp, *extra]  # fmt: skip
         proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
         window = duration - 6.0
         cpu = _cpu_window(proc, 4.0, window)
         proc.wait(120)
         summary = json.loads(next(Path(tmp).glob("*/summary.json")).read_text())
+    return summary, cpu, window
+
+
+def locust(port: int, users: int, engine: str, shape: str, duration: float = 14.0) -> dict[str, float]:
+    summary, cpu, window = _locust_run(port, users, engine, duration, ["--input-shape", shape] if shape else [])
     phase = summary["phases"][0]
     return {
         "rps": float(phase["rps"]),
+        "cpu_ms_per_request": cpu / (float(phase["rps"]) * window) * 1e3,
+        "p50_ms": float(phase["latency_ms"]["p50"]),
+    }
+
+
+def open_loop(port: int, engine: str, rate: float = 500.0, users: int = 16, duration: float = 12.0) -> dict[str, float]:
+    """The open-loop dispatcher's lag behind its schedule (Poisson arrivals), from the run's summary."""
+    extra = ["--arrival-rate", str(rate), "--arrival", "poisson"]
+    summary, cpu, window = _locust_run(port, users, engine, duration, extra)
+    ol = summary["generator"]["openloop"]
+    phase = summary["phases"][0]
+    return {
+        "behind_p50_ms": float(ol["behind_p50_ms"]),
+        "behind_p99_ms": float(ol["behind_p99_ms"]),
+        "behind_max_ms": float(ol["max_behind_ms"]),
+        "late": float(ol["late"]),
+        "sustained_rps": float(ol["sustained_rps"]),
         "cpu_ms_per_request": cpu / (float(phase["rps"]) * window) * 1e3,
         "p50_ms": float(phase["latency_ms"]["p50"]),
     }
@@ -93,6 +119,10 @@ def _rounds(fns: dict[str, Any], rounds: int) -> dict[str, list[dict[str, float]
         for name, fn in fns.items():
             out[name].append(fn())
     return out
+
+
+def _lag(m: dict[str, float]) -> dict[str, float]:
+    return {k: m[k] for k in ("behind_p50_ms", "behind_p99_ms", "behind_max_ms")}
 
 
 def _med(samples: list[dict[str, float]]) -> dict[str, float]:
@@ -109,6 +139,11 @@ def client_cost(rounds: int = 3) -> dict[str, Any]:
                 "engine": lambda: locust(port, 4, "process", ""),
                 "gevent": lambda: locust(port, 4, "gevent", ""),
             },
+            rounds,
+        )
+        # The open loop's schedule on gevent's loop (before) and on the engine's (after).
+        results["mlp_open_500"] = _rounds(
+            {"engine": lambda: open_loop(port, "process"), "gevent": lambda: open_loop(port, "gevent")},
             rounds,
         )
     with our_server("--model", "identity", "--max-queue-delay-us", "0") as srv:
@@ -136,6 +171,7 @@ def client_cost(rounds: int = 3) -> dict[str, Any]:
         "ratio_cpu_gevent_vs_engine": mlp["gevent"]["cpu_ms_per_request"] / mlp["engine"]["cpu_ms_per_request"],
         "ratio_identity_rps_engine_vs_gevent": ident["engine"]["rps"] / ident["gevent"]["rps"],
         "sleep_p50_minus_pa_avg_ms": slp["engine"]["p50_ms"] - slp["perf_analyzer"]["avg_ms"],
+        "open_loop_lag_ms": {who: _lag(m) for who, m in med["mlp_open_500"].items()},
         "sleep_p50_margin": 1.0 - abs(slp["engine"]["p50_ms"] - slp["perf_analyzer"]["avg_ms"]) / 0.5,
         "goals": {
             "ratio_throughput_vs_perf_analyzer": 0.90,

@@ -26,7 +26,6 @@ the step has come in before it is judged.
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING
 
 from loadtest.plan import Phase, Plan
@@ -35,6 +34,7 @@ from loadtest.results import Capacity, CapacityStep, Check, PhaseResult
 from loadtest.stats import min_samples, percentile_interval
 
 if TYPE_CHECKING:
+    from loadtest.engine_dispatch import EngineDispatcher
     from loadtest.openloop import Dispatcher, Ticket
     from loadtest.recorder import NameStats
 
@@ -304,21 +304,13 @@ def cut_reason(plan: Plan, phase: Phase, st: NameStats | None, elapsed: float, l
     return ""
 
 
-def take_backlog(dispatcher: Dispatcher, fresh_s: float = FRESH_S) -> list[Ticket]:
+def take_backlog(dispatcher: Dispatcher | EngineDispatcher, fresh_s: float = FRESH_S) -> list[Ticket]:
     """The step's backlog at its end: sends no user has taken although they
     have waited more than `fresh_s` (the step could not keep up with them),
     out of the queue, to be counted unfinished. Fresher ones stay queued: a
     user is about to take them, and they are sent (under their step's name)
     while the step settles."""
-    now = time.monotonic()
-    old: list[Ticket] = []
-    fresh: list[Ticket] = []
-    while not dispatcher.tickets.empty():
-        t = dispatcher.tickets.get_nowait()
-        (fresh if now - t[0] < fresh_s else old).append(t)
-    for t in fresh:
-        dispatcher.tickets.put(t)
-    return old
+    return dispatcher.take_backlog(fresh_s)
 
 
 def scheduled_rate(phase: Phase, rate: float) -> float:

@@ -17,16 +17,31 @@ host, the parent's own child: nothing else can write to the socket.
 
   parent -> engine  ("open", cid, address, secure, tls, timeout_s)
                     ("prep", cid, kind, request bytes)   kind: "kserve" | "torchserve"
-                    ("run", cid, gen, limit)             closed loop: call back to back, the
+                    ("run", cid, gen, limit, mode, batch) mode "closed": call back to back, the
                                                          results tagged `gen`, at most `limit`
-                                                         calls for it (0: no limit)
-                    ("halt", cid)                        the closed loop ends after its call
+                                                         calls for it (0: no limit); mode "open":
+                                                         take the schedule's tickets (`batch`
+                                                         comes back with each result)
+                    ("halt", cid)                        the slot ends after its call
+                    ("ol_start", sid, arrival, seed, max_pending, until, at)
+                                                         a run's open-loop schedule (loadtest.engine_schedule)
+                    ("ol_rate", sid, rate, label, at)    its rate from `at` (time.monotonic, as
+                                                         `until`), and the phase scheduling
+                    ("ol_close", sid)                    nothing scheduled from now on
+                    ("ol_drain", sid, rid, timeout_s)    close; reply once nothing is queued or in flight
+                    ("ol_backlog", sid, rid, fresh_s)    reply with the queued tickets older than fresh_s
+                    ("ol_stop", sid, rid)                close; reply with what is queued or in flight
                     ("close", cid)
                     ("stream", 0, call_id, kind, address, tls, payload, timeout_s)
                                                          one streamed request (kind "kserve-stream":
                                                          the request's bytes; "openai": host, port,
                                                          path, body), loadtest.streaming_aio
-  engine -> parent  [(cid, gen, status, details, size, breakdown, call_ns, done), ...]
+  engine -> parent  ("ready",)                         once, when its imports are done
+                    [(cid, gen, status, details, size, breakdown, call_ns, done), ...]
+                    ("open", sid, [(batch, status, details, size, breakdown, call_ns, done,
+                                    scheduled, label), ...])  the open loop's sends
+                    ("ol", sid, counts, worst_behind_s)  the schedule's counts since the last
+                    ("ol_reply", rid, [(scheduled, label), ...])
                     ("streams", [(call_id, outcome), ...])   outcome: streaming_aio.StreamOutcome
                     ("ticks", [late_s, ...])    the engine's own event-loop lag, about once a second:
                                                 how late each LOOP_TICK_S sleep woke (the
@@ -52,6 +67,7 @@ import grpc
 
 # Imported when the engine starts, not at its first call: it starts with its
 # Locust process, and is ready before the first user is.
+from loadtest.engine_schedule import Schedule
 from loadtest.protocols import MAX_MESSAGE, GrpcError, unreachable
 from loadtest.recorder import LOOP_TICK_S
 from server import breakdown
@@ -131,6 +147,14 @@ class _Conn:
         self.left = 0  # calls left for `gen` (0: no limit)
         self.slot: asyncio.Task[None] | None = None
         self.halted = False
+        self.mode = "closed"  # or "open": the slot takes the schedule's tickets
+        self.batch = 0
+        self.waiter: asyncio.Future[Any] | None = None  # an open slot waiting for a ticket
+
+    def wake(self) -> None:
+        """An open slot waiting for a ticket looks at its orders again."""
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def prepare(self, kind: str, request: bytes) -> None:
         self.kind = kind
@@ -170,6 +194,9 @@ class Engine:
         self.loop = asyncio.get_running_loop()
         self._slot_flush_pending = False
         self.ticks_out: list[float] = []
+        self.schedule: Schedule | None = None
+        self.open_out: list[tuple[Any, ...]] = []
+        self.replies: list[tuple[Any, ...]] = []
         self._watch_task = self.loop.create_task(self._watch())
 
     async def _watch(self) -> None:
@@ -210,15 +237,56 @@ class Engine:
         elif op == "run":
             conn = self.conns[cid]
             conn.gen, conn.left, conn.halted = msg[2], msg[3], False
+            conn.mode, conn.batch = msg[4], msg[5]
+            conn.wake()
             if conn.slot is None or conn.slot.done():
                 conn.slot = self.loop.create_task(self._slot(cid, conn))
         elif op == "halt":
             self.conns[cid].halted = True
+            self.conns[cid].wake()
         elif op == "close":
             gone = self.conns.pop(cid, None)
             if gone is not None:
                 gone.halted = True
+                gone.wake()
                 self.loop.create_task(gone.channel.close())
+        elif op.startswith("ol_"):
+            self._schedule_op(op, cid, msg[2:])
+
+    def _schedule_op(self, op: str, sid: int, args: tuple[Any, ...]) -> None:
+        """The open-loop schedule's orders (loadtest.engine_schedule)."""
+        sched = self.schedule
+        if op == "ol_start":
+            if sched is not None:
+                sched.stop()  # the last run's, if its stop never came
+            self.schedule = Schedule(sid, *args)
+            return
+        if sched is None or sched.sid != sid:
+            if op in ("ol_drain", "ol_backlog", "ol_stop"):
+                self._reply(args[0], [])
+            return
+        if op == "ol_rate":
+            sched.set_rate(*args)
+        elif op == "ol_close":
+            sched.close()
+        elif op == "ol_backlog":
+            self._reply(args[0], sched.backlog(args[1]))
+        elif op == "ol_stop":
+            self._reply(args[0], sched.stop())
+        elif op == "ol_drain":
+            sched.close()
+            self.loop.create_task(self._drain(sched, args[0], args[1]))
+
+    async def _drain(self, sched: Schedule, rid: int, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        while not sched.idle() and time.monotonic() < end and self.schedule is sched:
+            await asyncio.sleep(0.01)
+        self._reply(rid, [])
+
+    def _reply(self, rid: int, payload: Any) -> None:
+        """An answer the parent waits for: it leaves after every result before it."""
+        self.replies.append(("ol_reply", rid, payload))
+        self._flush()
 
     async def _stream(
         self, call_id: int, kind: str, address: str, tls: Any, payload: Any, timeout_s: float
@@ -248,19 +316,33 @@ class Engine:
             self.loop.call_soon(self._flush)
 
     async def _slot(self, cid: int, conn: _Conn) -> None:
-        """A closed-loop user's sends, back to back, until halted or its limit is reached."""
+        """A user's sends until halted: back to back (closed loop, until its limit
+        is reached) or at the schedule's tickets (open loop)."""
         refusals = 0
         while not conn.halted:
             gen = conn.gen
+            ticket = None
+            if conn.mode == "open":
+                sched = self.schedule
+                if sched is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                ticket = await sched.take(conn)
+                if ticket is None:
+                    continue  # woken: halted, or its orders changed
             status, details, size, server, call_ns, done = await call_once(conn)
-            self.slot_out.append((cid, gen, status, details, size, server, call_ns, done))
-            if not self._slot_flush_pending:
-                self._slot_flush_pending = True
-                self.loop.call_later(SLOT_FLUSH_S, self._flush)
-            if conn.gen == gen and conn.left:
-                conn.left -= 1
-                if not conn.left:
-                    return  # this user's share of the phase is sent
+            if ticket is not None:
+                if sched is not None and sched.finish(ticket[0]):  # else: reported unfinished at the stop
+                    self.open_out.append((sched.sid, (conn.batch, status, details, size, server, call_ns,
+                                                      done, ticket[1], ticket[2])))  # fmt: skip
+                    self._flush_soon()
+            else:
+                self.slot_out.append((cid, gen, status, details, size, server, call_ns, done))
+                self._flush_soon()
+                if conn.gen == gen and conn.left:
+                    conn.left -= 1
+                    if not conn.left:
+                        return  # this user's share of the phase is sent
             if status == "UNAVAILABLE" and unreachable(GrpcError(status, details)):
                 refusals += 1
                 delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(refusals - 1, 16))
@@ -268,15 +350,27 @@ class Engine:
             else:
                 refusals = 0
 
+    def _flush_soon(self) -> None:
+        if not self._slot_flush_pending:
+            self._slot_flush_pending = True
+            self.loop.call_later(SLOT_FLUSH_S, self._flush)
+
     def _flush(self) -> None:
         self._slot_flush_pending = self._stream_flush_pending = False
         slots, self.slot_out = self.slot_out, []
         streams, self.stream_out = self.stream_out, []
         ticks, self.ticks_out = self.ticks_out, []
-        if not (slots or streams or ticks):
+        parts = [frame(slots)] if slots else []
+        if streams:
+            parts.append(frame(("streams", streams)))
+        if ticks:
+            parts.append(frame(("ticks", ticks)))
+        parts.extend(self._open_frames())
+        replies, self.replies = self.replies, []
+        parts.extend(frame(r) for r in replies)  # after the results they follow
+        if not parts:
             return
-        data = ((frame(slots) if slots else b"") + (frame(("streams", streams)) if streams else b"")
-                + (frame(("ticks", ticks)) if ticks else b""))  # fmt: skip
+        data = b"".join(parts)
         try:
             sent = self.sock.send(data)
         except BlockingIOError:
@@ -289,10 +383,26 @@ class Engine:
                 self.sock.setblocking(False)
 
 
+    def _open_frames(self) -> list[bytes]:
+        """The open loop's results and the schedule's counts, by schedule."""
+        out: list[bytes] = []
+        if self.open_out:
+            by_sid: dict[int, list[tuple[Any, ...]]] = {}
+            for sid, r in self.open_out:
+                by_sid.setdefault(sid, []).append(r)
+            self.open_out = []
+            out.extend(frame(("open", sid, rs)) for sid, rs in by_sid.items())
+        counts = self.schedule.take_counts() if self.schedule is not None else None
+        if counts is not None:
+            out.append(frame(("ol", self.schedule.sid if self.schedule else 0, *counts)))
+        return out
+
+
 async def _main(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     engine = Engine(sock)
+    sock.sendall(frame(("ready",)))  # imports done: the parent's run may begin
     await engine.serve()
 
 

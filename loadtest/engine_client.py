@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import gevent
+import gevent.event
 from gevent.event import AsyncResult
 
 from loadtest.engine import frame, unframe
@@ -62,6 +63,11 @@ class EngineProcess:
         self._flush_queued = False
         self.dead = False
         self._child = child
+        # The open loop's side (loadtest.engine_dispatch): its results and the
+        # schedule's counts go to the dispatcher of the schedule they name.
+        self.ready = gevent.event.Event()  # set when the engine has started (its "ready")
+        self.open_sinks: dict[int, Callable[[str, Any], None]] = {}
+        self.replies: dict[int, AsyncResult] = {}
         self.pid = 0
 
     def start(self) -> None:
@@ -129,11 +135,21 @@ class EngineProcess:
                 return
             buf += data
             for msg in unframe(buf):
-                if isinstance(msg, tuple) and msg[0] == "ticks":
+                if msg == ("ready",):
+                    self.ready.set()
+                elif isinstance(msg, tuple) and msg[0] == "ticks":
                     sink = self._tick_sink()
                     if sink is not None:
                         for late in msg[1]:
                             sink(late)
+                elif isinstance(msg, tuple) and msg[0] in ("open", "ol"):
+                    open_sink = self.open_sinks.get(msg[1])
+                    if open_sink is not None:  # None: a run's schedule that has ended
+                        open_sink(msg[0], msg[2:])
+                elif isinstance(msg, tuple) and msg[0] == "ol_reply":
+                    waiter = self.replies.pop(msg[1], None)
+                    if waiter is not None:
+                        waiter.set(msg[2])
                 elif isinstance(msg, tuple) and msg[0] == "streams":
                     for call_id, outcome in msg[1]:
                         waiter = self.waiting.get(call_id)
@@ -141,6 +157,22 @@ class EngineProcess:
                             waiter.set(outcome)
                 else:
                     self._deliver(msg)
+
+    def ask(self, op: str, sid: int, *args: Any, timeout_s: float = 10.0) -> Any:
+        """An order the engine answers (loadtest.engine: "ol_drain", "ol_backlog",
+        "ol_stop"); None when the engine is gone or does not answer in time."""
+        if self.dead:
+            return None
+        rid = next(self._ids)
+        waiter = self.replies[rid] = AsyncResult()
+        self.send((op, sid, rid, *args))
+        try:
+            return waiter.get(timeout=timeout_s)
+        except gevent.Timeout:
+            log.error("the request engine did not answer %s in %.0f s", op, timeout_s)
+            return None
+        finally:
+            self.replies.pop(rid, None)
 
     def _deliver(self, slots: list[tuple[Any, ...]]) -> None:
         by_cid: dict[int, list[SlotResult]] = defaultdict(list)
@@ -154,12 +186,19 @@ class EngineProcess:
                 except Exception:  # one user's bookkeeping must not end every user's results
                     log.exception("recording the engine's results")
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the engine has started (imports done) within `timeout_s`."""
+        return bool(self.ready.wait(timeout_s)) and not self.dead
+
     def _gone(self) -> None:
+        self.ready.set()  # nobody waits for an engine that has ended
         if not self.dead:
             self.dead = True
             log.error("the request engine process ended (exit %s)", self._reap())
         for waiter in list(self.waiting.values()):
             waiter.set_exception(GrpcError("UNAVAILABLE", "the request engine process ended"))
+        for waiter in list(self.replies.values()):
+            waiter.set(None)
 
     def close(self) -> None:
         self.dead = True
@@ -243,13 +282,17 @@ class EngineClient:
         self._prep = request.SerializeToString()
         self.engine.send(("prep", self.cid, self.kind, self._prep))
 
-    def run_slot(self, gen: int, limit: int, on_results: Callable[[list[SlotResult]], None]) -> None:
+    def run_slot(self, gen: int, limit: int, on_results: Callable[[list[SlotResult]], None],
+                 mode: str = "closed", batch: int = 0) -> None:  # fmt: skip
         """Closed loop: the engine sends back to back for this user, results tagged
-        `gen` and handed to `on_results` in batches; at most `limit` (0: no limit)."""
+        `gen` and handed to `on_results` in batches; at most `limit` (0: no limit).
+        Open loop (`mode` "open"): the user is a slot that takes the engine's
+        schedule's tickets, and the results go to the run's dispatcher
+        (loadtest.engine_dispatch), which accounts for every ticket."""
         if self.engine.dead:
             self._connect()
         self.engine.slots[self.cid] = on_results
-        self.engine.send(("run", self.cid, gen, limit))
+        self.engine.send(("run", self.cid, gen, limit, mode, batch))
 
     def halt(self) -> None:
         """The closed loop ends after the call in flight (whose result still comes)."""

@@ -32,11 +32,14 @@ STREAMING = ("openai", "kserve-stream")
 
 def uses_engine(client_engine: str, protocol: str) -> bool:
     """Whether a process's calls go to its request engine (loadtest.engine): --client-engine
-    process, or auto for streamed requests (each token is then timed on a loop with nothing
-    else to do; through gevent it waits for the Locust process: bench/streams.py).
-    Closed-loop unary calls cost 1.6x less client CPU there (bench/client_cost.py); auto
-    keeps them under gevent until the whole suite has run on the engine with its loop watch."""
-    return client_engine == "process" or (client_engine == "auto" and protocol in STREAMING)
+    process, or auto (the default). There closed-loop unary calls cost 1.6x less client CPU
+    (bench/client_cost.py), the open-loop schedule runs beside the calls on the engine's own
+    loop (loadtest.engine_schedule), and each streamed token is timed on a loop with nothing
+    else to do (through gevent it waits for the Locust process: bench/streams.py). The engine
+    sends its event-loop lag to the run's self-watch, so an engine short of CPU makes the run
+    INVALID as a generator short of CPU. gevent keeps every call in the Locust process."""
+    del protocol  # every protocol has its engine path
+    return client_engine in ("auto", "process")
 
 
 # The order of the groups in --help, the web UI and the reference.
@@ -110,11 +113,10 @@ FLAGS: tuple[Flag, ...] = (
          "torchserve: send this file's bytes as the request's 'data' (for a handler with its own format)", ""),
     Flag("--request-timeout", "Target", "Request deadline (s)", "deadline of every call, seconds", 30.0, float),
     Flag("--client-engine", "Target", "Client engine",
-         "where closed-loop gRPC calls are made: process (a grpc.aio child process per load-generator "
-         "process, the users its in-flight slots) or gevent (each user's own sync call, in the Locust "
-         "process); open-loop calls are made in the Locust process either way; streamed requests "
-         "(openai, kserve-stream) are read in the engine with process, in the Locust process with gevent; "
-         "auto: process for streamed requests, gevent for the rest",
+         "where the calls are made: process (a child process per load-generator process, the request "
+         "engine, makes the calls, runs the open-loop schedule and reads streamed tokens on its own event "
+         "loop; the users are its in-flight slots) or gevent (each user's own call, in the Locust "
+         "process); auto: process",
          "auto", choices=("auto", "process", "gevent"), web_ui=_PER_PROCESS),
     Flag("--server-metrics-url", "Target", "Server metrics URL",
          "the server's metrics: our server's http://HOST:8002 (JSON /stats), or a Prometheus /metrics URL", ""),

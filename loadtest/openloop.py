@@ -96,6 +96,18 @@ class Dispatcher:
             except Empty:
                 return left
 
+    def take_backlog(self, fresh_s: float) -> list[Ticket]:
+        """Queued sends older than `fresh_s`, out of the queue (loadtest.capacity.take_backlog)."""
+        now = time.monotonic()
+        old: list[Ticket] = []
+        fresh: list[Ticket] = []
+        while not self.tickets.empty():
+            t = self.tickets.get_nowait()
+            (fresh if now - t[0] < fresh_s else old).append(t)
+        for t in fresh:
+            self.tickets.put(t)
+        return old
+
     def _gap(self) -> float:
         if self.arrival == "poisson":
             return self._rng.expovariate(self.rate)

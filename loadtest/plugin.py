@@ -37,6 +37,8 @@ FINAL_MESSAGE = "modelsoak_final"
 ACK_MESSAGE = "modelsoak_ack"
 # How long the master waits for the workers' final measurements at the end of a run.
 FLUSH_TIMEOUT_S = 3.0 + DRAIN_S
+# How long Locust's start waits for this process's request engine.
+ENGINE_START_S = 30.0
 
 log = logging.getLogger("modelsoak.loadgen")
 
@@ -104,10 +106,13 @@ def _init(environment: Environment, **_: Any) -> None:
         _preflight(environment)  # the web UI checks each run's options when it starts
     runner = environment.runner
     assert runner is not None
-    if role != "master" and uses_engine(
+    engine = role != "master" and uses_engine(
         getattr(parsed, "client_engine", "auto"), getattr(parsed, "protocol", "")
-    ):
-        engine_of(environment)  # started now, so it is ready before the first user
+    )
+    # Started now and waited for, so it is ready before the first user and the
+    # open-loop schedule's first send (its imports take a second or two).
+    if engine and not engine_of(environment).wait_ready(ENGINE_START_S):
+        log.error("the request engine did not start within %.0f s", ENGINE_START_S)
     if role == "worker":
         runner.register_message(PHASE_MESSAGE, _on_phase)
         runner.register_message(FLUSH_MESSAGE, _on_flush)

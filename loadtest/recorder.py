@@ -78,6 +78,21 @@ UNFINISHED_MIN_US = "unfinished_min_us"
 UNREACHABLE = "unreachable"
 UNREACHABLE_FIRST_MS = "unreachable_first_ms"
 UNREACHABLE_LAST_MS = "unreachable_last_ms"
+# The open-loop schedule's lag (how late the dispatcher woke for a send) as counts
+# under these upper bounds (µs): they add up across workers like the other
+# counters, and the summary reads its percentiles off them (loadtest.summary).
+LAG_BOUNDS_US = (100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000)
+LAG_PREFIX = "lag_le_us_"
+LAG_OVER = "lag_over_us"
+
+
+def lag_key(seconds: float) -> str:
+    """The open-loop counter a schedule lag of `seconds` counts under."""
+    us = seconds * 1e6
+    for bound in LAG_BOUNDS_US:
+        if us <= bound:
+            return f"{LAG_PREFIX}{bound}"
+    return LAG_OVER
 
 
 @dataclass
@@ -301,8 +316,19 @@ class Recorder:
     def note_behind(self, seconds: float) -> None:
         """How far the open-loop dispatcher trails its schedule (the worst kept)."""
         us = int(seconds * 1e6)
-        if us > self.openloop.get("max_behind_us", 0):
-            self.openloop["max_behind_us"] = us
+        with self._lock:
+            self.openloop[lag_key(seconds)] += 1
+            if us > self.openloop.get("max_behind_us", 0):
+                self.openloop["max_behind_us"] = us
+
+    def note_behind_counts(self, counts: dict[str, int], worst_s: float) -> None:
+        """Schedule counts made elsewhere (the request engine's schedule: scheduled,
+        dropped, late and lag buckets) and the worst lag among them."""
+        us = int(worst_s * 1e6)
+        with self._lock:
+            self.openloop.update(counts)
+            if us > self.openloop.get("max_behind_us", 0):
+                self.openloop["max_behind_us"] = us
 
     def note_unreachable(self, epoch_s: float) -> None:
         """A call the target did not take: the outage's first and last (epoch ms) and count."""

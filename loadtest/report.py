@@ -148,6 +148,7 @@ def _generator(s: Summary) -> list[str]:
             f"- Open loop: {ol.scheduled} sends scheduled = {ol.measured} measured + {ol.dropped} dropped + "
             f"{ol.unfinished} unfinished at stop ({ol.warmup} of the measured were warm-up); "
             f"{ol.late} dispatched late; the dispatcher trailed its schedule by "
+            f"≤ {ol.behind_p50_ms:g} ms at the median, ≤ {ol.behind_p99_ms:g} ms at p99, "
             f"{ol.max_behind_ms:.1f} ms at worst"
         )
         short = " — the server did not keep up" if ol.sustained_rps < 0.95 * ol.offered_rps else ""

@@ -319,6 +319,10 @@ class OpenLoop:
     accounted: bool = True
     offered_rps: float = 0.0  # scheduled sends per second of the schedule
     sustained_rps: float = 0.0  # successful answers per second while answering
+    # How late the dispatcher woke for its sends: the median and p99 as the upper
+    # bound of their bucket (loadtest.recorder.LAG_BOUNDS_US), 0 with no sends.
+    behind_p50_ms: float = 0.0
+    behind_p99_ms: float = 0.0
 
 
 @dataclass

@@ -30,7 +30,8 @@ import psutil
 
 from loadtest import capacity, repeats
 from loadtest.engine_client import engine_pid, watch_engine_loop
-from loadtest.flags import STREAMING
+from loadtest.engine_dispatch import EngineDispatcher
+from loadtest.flags import STREAMING, uses_engine
 from loadtest.fold import Folded
 from loadtest.openloop import Dispatcher, Ticket
 from loadtest.options import Options
@@ -229,7 +230,7 @@ class Run:
         self.recorder = Recorder()
         self.warmup = Warmup(self.recorder)
         self.good_ms: dict[str, float] = {}  # the goodput limits of streamed requests (PhaseMessage)
-        self.dispatcher: Dispatcher | None = None
+        self.dispatcher: Dispatcher | EngineDispatcher | None = None
         self.followed: Phase | None = None  # the phase this process sends for
         self.targets: dict[tuple[str, str, str, int], Target] = {}
         self.arrays: dict[tuple[Target, int], dict[str, np.ndarray]] = {}
@@ -524,7 +525,13 @@ class Run:
         if opts.latency_log is not None:
             self.recorder.keep_raw()
         self.recorder.set_bucket(opts.series_interval)
-        self.dispatcher = Dispatcher(self.recorder, opts.max_pending, opts.arrival, opts.seed)
+        if uses_engine(opts.client_engine, opts.protocol) and opts.protocol not in STREAMING:
+            # The schedule runs on the request engine's loop, beside the calls it makes.
+            self.dispatcher = EngineDispatcher(
+                self.environment, self.recorder, self.warmup, opts.max_pending, opts.arrival, opts.seed
+            )
+        else:
+            self.dispatcher = Dispatcher(self.recorder, opts.max_pending, opts.arrival, opts.seed)
         if self.role == "local" and opts.scenario == "none" and opts.run_time:
             self.dispatcher.until = time.monotonic() + opts.run_time - (time.time() - self.started)
         self.dispatcher.start()

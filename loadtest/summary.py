@@ -16,6 +16,9 @@ from loadtest import trust
 from loadtest.openloop import LATE_AFTER_S
 from loadtest.plan import Plan, good_limits
 from loadtest.recorder import (
+    LAG_BOUNDS_US,
+    LAG_OVER,
+    LAG_PREFIX,
     LOOP_LAGGED_S,
     LOOP_MIN_TICKS,
     STREAM_KEYS,
@@ -55,6 +58,20 @@ if TYPE_CHECKING:
     from loadtest.series import Point
     from loadtest.server_watch import ServerWatch
 
+
+def lag_percentile(openloop: Mapping[str, int], q: float) -> float:
+    """The open-loop schedule's lag at quantile `q` (ms), as the upper bound of
+    the bucket it falls in; the worst lag when it falls over the last bound."""
+    counts = [(b, openloop.get(f"{LAG_PREFIX}{b}", 0)) for b in LAG_BOUNDS_US]
+    total = sum(n for _, n in counts) + openloop.get(LAG_OVER, 0)
+    if not total:
+        return 0.0
+    seen = 0
+    for bound, n in counts:
+        seen += n
+        if seen >= q * total:
+            return bound / 1000.0
+    return openloop.get("max_behind_us", 0) / 1000.0
 
 def latency_ms(st: NameStats, confidence: float = CONFIDENCE) -> Latency | None:
     h = st.latency
@@ -357,6 +374,8 @@ def generator_summary(
         unfinished=ol.get("unfinished", 0),
         warmup=ol.get("warmup", 0),
         accounted=accounted,
+        behind_p50_ms=lag_percentile(ol, 0.50),
+        behind_p99_ms=lag_percentile(ol, 0.99),
     )
     return Generator(workers, sorted(lost_workers), openloop, not reasons, reasons)
 

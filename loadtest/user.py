@@ -16,8 +16,9 @@ import grpc
 
 from loadtest.engine import BACKOFF_BASE_S, BACKOFF_CAP_S
 from loadtest.engine_client import EngineClient, EngineStreamer, SlotResult
+from loadtest.engine_dispatch import EngineDispatcher, account
 from loadtest.flags import STREAMING, uses_engine
-from loadtest.openloop import UNFINISHED
+from loadtest.openloop import UNFINISHED, Dispatcher
 from loadtest.options import Options
 from loadtest.protocols import (
     GrpcError,
@@ -37,6 +38,8 @@ from server.proto import grpc_service_pb2 as pb
 
 if TYPE_CHECKING:
     from locust.env import Environment
+
+    from loadtest.plan import Phase
 
 log = logging.getLogger("modelsoak.loadgen")
 # How often a user whose closed loop runs in the engine looks at its run and
@@ -149,7 +152,7 @@ class Session:
         self.refusals = 0  # calls in a row the target did not take
         # Closed loop in the engine: what the slot now sends for (run, phase, batch),
         # its generation, the generations results may still come for, calls left.
-        self.holding: tuple[Run, str, int] | None = None
+        self.holding: tuple[Run | None, str, int, bool] | None = None
         self.gen = 0
         self.gens: dict[int, tuple[Run, str, int]] = {}
         self.gen_left = 0
@@ -178,10 +181,8 @@ class Session:
     def step(self) -> None:
         run = runs(self.environment).current
         phase = run.phase if run is not None else None
-        if self.holding is not None and (
-            phase is None or phase.rate > 0 or self.holding != (run, phase.name, phase.batch_size)
-        ):
-            self._release()  # the engine's closed loop for this user stops: another run, phase or batch
+        if self.holding is not None and (phase is None or self.holding != self._hold_key(run, phase)):
+            self._release()  # the engine's slot for this user stops: another run, phase, batch or loop
         if run is None or phase is None or run.setup_errors:
             gevent.sleep(0.1)
             return
@@ -198,7 +199,10 @@ class Session:
                 gevent.sleep(1.0)
                 return
         dispatcher = run.dispatcher
-        if phase.rate > 0 and dispatcher is not None:
+        if phase.rate > 0 and isinstance(dispatcher, EngineDispatcher) and isinstance(self.client, EngineClient):
+            self._hold(run, phase, 0)  # a slot for the engine's schedule (loadtest.engine_dispatch)
+            return
+        if phase.rate > 0 and isinstance(dispatcher, Dispatcher):
             ticket = dispatcher.take()
             if ticket is None:
                 return
@@ -215,24 +219,34 @@ class Session:
                 raise
             finally:
                 dispatcher.ended(outcome)
-        elif isinstance(self.client, EngineClient):
-            self._hold(run, phase.name, phase.batch_size, phase.requests_per_user)
+        elif isinstance(self.client, EngineClient) and phase.rate <= 0:
+            self._hold(run, phase, phase.requests_per_user)
             return
         else:
             err = self._send(run, phase.name, phase.batch_size, None)
         self._back_off(run, err)
 
-    def _hold(self, run: Run, name: str, batch: int, per_user: int) -> None:
-        """Closed loop in the engine: it sends back to back for this user, who
-        holds its slot and records what comes back (`_results`)."""
+    @staticmethod
+    def _hold_key(run: Run | None, phase: Phase) -> tuple[Run | None, str, int, bool]:
+        """What a held slot sends for: closed loop for one phase, or the open loop's
+        tickets (each names its own phase) at one batch size."""
+        if phase.rate > 0:
+            return (run, "", phase.batch_size, True)
+        return (run, phase.name, phase.batch_size, False)
+
+    def _hold(self, run: Run, phase: Phase, per_user: int) -> None:
+        """A slot in the engine: it sends for this user (closed loop: back to back,
+        recorded here as results come back in `_results`; open loop: at the
+        schedule's tickets, recorded by the run's dispatcher)."""
         assert isinstance(self.client, EngineClient)
-        key = (run, name, batch)
+        key = self._hold_key(run, phase)
         if self.holding != key or self.client.engine.dead:
             self.gen += 1
             self.gens = {g: k for g, k in self.gens.items() if g >= self.gen - 2}
-            self.gens[self.gen] = key
-            self.gen_left = per_user - self.sent[name] if per_user else 0
-            self.client.run_slot(self.gen, self.gen_left, self._results)
+            self.gens[self.gen] = (run, phase.name, phase.batch_size)
+            self.gen_left = per_user - self.sent[phase.name] if per_user else 0
+            mode = "open" if key[3] else "closed"
+            self.client.run_slot(self.gen, self.gen_left, self._results, mode, phase.batch_size)
             self.holding = key
         try:
             gevent.sleep(HOLD_S)
@@ -309,16 +323,7 @@ class Session:
     def _account(self, run: Run, name: str, batch: int, latency_ns: int, call_ns: int, status: str,
                  exc: GrpcError | None, size: int, server: dict[str, int] | None) -> None:  # fmt: skip
         """One send's end: Locust's request event, and the run's recorder."""
-        self.environment.events.request.fire(
-            request_type="grpc",
-            name=name,
-            response_time=latency_ns / 1e6,
-            response_length=size,
-            exception=exc,
-            context={},
-        )
-        if name != "warmup":
-            run.recorder.record(name, latency_ns, status, batch, size, server, call_ns)
+        account(self.environment, run.recorder, name, batch, latency_ns, call_ns, status, exc, size, server)
 
     def _send_stream(self, run: Run, name: str, scheduled: float | None) -> GrpcError | None:
         """One streamed request: its E2E latency recorded like any request's,
