@@ -34,6 +34,12 @@ RUN groupadd --system --gid 10001 modelsoak \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/modelsoak --create-home \
        --shell /usr/sbin/nologin modelsoak
 
+# gcc and libnghttp2's headers build the load generator's native gRPC client
+# (loadtest/native) below; libnghttp2 stays for it at run time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # torch first, from the CPU index: `pip install .` below then finds torch>=2.4
 # satisfied and keeps it.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
@@ -51,7 +57,8 @@ COPY training ./training
 # filesystem is read-only at run time.
 RUN pip install /app \
     && rm -rf /app/build /app/*.egg-info \
-    && python -m compileall -q /app/loadgen /app/loadtest
+    && python -m compileall -q /app/loadgen /app/loadtest \
+    && python -c "from loadtest.native_client import build; why = build(); assert why is None, why"
 
 # The built-in models, made once here (ONNX export, the same bytes on every
 # build of the same definition and torch version).

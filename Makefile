@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.modelsoak-installed
 
-.PHONY: setup demo test test-fast faults bench proto lint docs samples stack system-deps tools k8s-sync image image-cuda clean
+.PHONY: setup native demo test test-fast faults bench proto lint docs samples stack system-deps tools k8s-sync image image-cuda clean
 
 setup: $(STAMP)
 
@@ -22,25 +22,31 @@ $(STAMP): pyproject.toml
 
 # The main job on an embedded default: server with a built-in model, a short
 # headless load test, a report and a verdict.
-demo: setup
+demo: setup native
 	$(PY) -m loadtest.demo
 
-# Debian packages the tests use: Prometheus (with promtool), the Pushgateway, and
-# libb64 (which Triton's perf_analyzer links).
+# Debian packages the tests use: Prometheus (with promtool), the Pushgateway,
+# libb64 (which Triton's perf_analyzer links), and libnghttp2's headers (the load
+# generator's native gRPC client builds against them).
 system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
 	    || ! command -v prometheus-pushgateway >/dev/null || ! ldconfig -p | grep -q libb64.so.0d \
-	    || ! command -v chromium >/dev/null; then \
+	    || ! command -v chromium >/dev/null || [ ! -f /usr/include/nghttp2/nghttp2.h ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    --no-install-recommends prometheus prometheus-pushgateway libb64-0d chromium >/dev/null; \
+	    --no-install-recommends prometheus prometheus-pushgateway libb64-0d chromium libnghttp2-dev >/dev/null; \
 	fi
+
+# The load generator's native gRPC client (loadtest/native, gcc + libnghttp2-dev). Where it
+# cannot build, this says why and the load generator makes its calls with grpc.aio.
+native: setup
+	@$(PY) -c "from loadtest.native_client import build; why = build(); print('native client: ' + (why or 'built'))"
 
 # Triton's perf_analyzer, for the interoperability test (downloaded, never committed).
 tools: setup
 	$(PY) tools/fetch_perf_analyzer.py
 
-test: setup system-deps tools
+test: setup system-deps native tools
 	$(PY) -m pytest -q
 
 # The fault suite alone (it also runs in `make test`).

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import client_cost, exporters, loadgen, master, server, streams, training
+from bench import client_cost, exporters, loadgen, master, native_client, server, streams, training
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "loadgen_overhead": loadgen.generator_overhead,
     "loadgen_memory": loadgen.generator_memory,
     "loadgen_client_cost": client_cost.client_cost,
+    "loadgen_native_client": native_client.native_client_cost,
     "exporters_metrics_cost": exporters.metrics_cost,
     "training": training.overhead,
     "master": master.scaling,

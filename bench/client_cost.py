@@ -2,9 +2,10 @@
 
 Same server, same model, same number of requests in flight, each client in
 turn (interleaved rounds): perf_analyzer (`--concurrency-range N`, sync gRPC
-calls), `locust -f loadgen/` with the request engine (--client-engine process,
-the default: loadtest.engine), and the same with each user's own call in the
-Locust process (--client-engine gevent, the path before the engine).
+calls), `locust -f loadgen/` with the request engine making its calls in C
+(--client-engine native, what auto picks where it builds: loadtest.native_client),
+the same engine on grpc.aio (--client-engine process), and each user's own call
+in the Locust process (--client-engine gevent, the path before the engine).
 
 For each: throughput, and client CPU-seconds per 1,000 requests (user + system
 of the client's whole process tree -- Locust and its engine child -- over a
@@ -136,6 +137,7 @@ def client_cost(rounds: int = 3) -> dict[str, Any]:
         results["mlp_c4"] = _rounds(
             {
                 "perf_analyzer": lambda: perf_analyzer(port, "mlp", 4, ""),
+                "native": lambda: locust(port, 4, "native", ""),
                 "engine": lambda: locust(port, 4, "process", ""),
                 "gevent": lambda: locust(port, 4, "gevent", ""),
             },
@@ -143,19 +145,30 @@ def client_cost(rounds: int = 3) -> dict[str, Any]:
         )
         # The open loop's schedule on gevent's loop (before) and on the engine's (after).
         results["mlp_open_500"] = _rounds(
-            {"engine": lambda: open_loop(port, "process"), "gevent": lambda: open_loop(port, "gevent")},
+            {
+                "native": lambda: open_loop(port, "native"),
+                "engine": lambda: open_loop(port, "process"),
+                "gevent": lambda: open_loop(port, "gevent"),
+            },
             rounds,
         )
     with our_server("--model", "identity", "--max-queue-delay-us", "0") as srv:
         port = srv["grpc"]
         results["identity_u16"] = _rounds(
-            {"engine": lambda: locust(port, 16, "process", "256"), "gevent": lambda: locust(port, 16, "gevent", "256")},
+            {
+                "native": lambda: locust(port, 16, "native", "256"),
+                "engine": lambda: locust(port, 16, "process", "256"),
+                "gevent": lambda: locust(port, 16, "gevent", "256"),
+            },
             rounds,
         )
     with our_server("--model", "sleep", "--max-queue-delay-us", "0") as srv:
         port = srv["grpc"]
         results["sleep_c1"] = _rounds(
-            {"perf_analyzer": lambda: perf_analyzer(port, "sleep", 1, "256"), "engine": lambda: locust(port, 1, "process", "256")},
+            {
+                "perf_analyzer": lambda: perf_analyzer(port, "sleep", 1, "256"),
+                "native": lambda: locust(port, 1, "native", "256"),
+            },
             rounds,
         )
     med = {case: {who: _med(s) for who, s in by.items()} for case, by in results.items()}
@@ -165,14 +178,18 @@ def client_cost(rounds: int = 3) -> dict[str, Any]:
         "samples": results,
         "medians": med,
         "cpu_s_per_1000_requests": {who: m["cpu_ms_per_request"] for who, m in mlp.items()},
-        "ratio_throughput_vs_perf_analyzer": mlp["engine"]["rps"] / mlp["perf_analyzer"]["rps"],
+        "ratio_throughput_vs_perf_analyzer": mlp["native"]["rps"] / mlp["perf_analyzer"]["rps"],
+        "ratio_aio_engine_throughput_vs_perf_analyzer": mlp["engine"]["rps"] / mlp["perf_analyzer"]["rps"],
         "ratio_gevent_throughput_vs_perf_analyzer": mlp["gevent"]["rps"] / mlp["perf_analyzer"]["rps"],
-        "ratio_cpu_perf_analyzer_vs_ours": mlp["perf_analyzer"]["cpu_ms_per_request"] / mlp["engine"]["cpu_ms_per_request"],
-        "ratio_cpu_gevent_vs_engine": mlp["gevent"]["cpu_ms_per_request"] / mlp["engine"]["cpu_ms_per_request"],
-        "ratio_identity_rps_engine_vs_gevent": ident["engine"]["rps"] / ident["gevent"]["rps"],
-        "sleep_p50_minus_pa_avg_ms": slp["engine"]["p50_ms"] - slp["perf_analyzer"]["avg_ms"],
+        "ratio_cpu_perf_analyzer_vs_ours": mlp["perf_analyzer"]["cpu_ms_per_request"]
+        / mlp["native"]["cpu_ms_per_request"],
+        "ratio_cpu_gevent_vs_native": mlp["gevent"]["cpu_ms_per_request"] / mlp["native"]["cpu_ms_per_request"],
+        "ratio_cpu_gevent_vs_aio_engine": mlp["gevent"]["cpu_ms_per_request"] / mlp["engine"]["cpu_ms_per_request"],
+        "ratio_identity_rps_engine_vs_gevent": ident["native"]["rps"] / ident["gevent"]["rps"],
+        "ratio_identity_rps_aio_engine_vs_gevent": ident["engine"]["rps"] / ident["gevent"]["rps"],
+        "sleep_p50_minus_pa_avg_ms": slp["native"]["p50_ms"] - slp["perf_analyzer"]["avg_ms"],
         "open_loop_lag_ms": {who: _lag(m) for who, m in med["mlp_open_500"].items()},
-        "sleep_p50_margin": 1.0 - abs(slp["engine"]["p50_ms"] - slp["perf_analyzer"]["avg_ms"]) / 0.5,
+        "sleep_p50_margin": 1.0 - abs(slp["native"]["p50_ms"] - slp["perf_analyzer"]["avg_ms"]) / 0.5,
         "goals": {
             "ratio_throughput_vs_perf_analyzer": 0.90,
             "ratio_cpu_perf_analyzer_vs_ours": 0.5,

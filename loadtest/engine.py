@@ -36,7 +36,9 @@ host, the parent's own child: nothing else can write to the socket.
                                                          one streamed request (kind "kserve-stream":
                                                          the request's bytes; "openai": host, port,
                                                          path, body), loadtest.streaming_aio
-  engine -> parent  ("ready",)                         once, when its imports are done
+  engine -> parent  ("ready", where, native)           once, when its imports are done: where its
+                                                         calls are made (for the log), and whether
+                                                         in C (loadtest.engine_native)
                     [(cid, gen, status, details, size, breakdown, call_ns, done), ...]
                     ("open", sid, [(batch, status, details, size, breakdown, call_ns, done,
                                     scheduled, label), ...])  the open loop's sends
@@ -54,7 +56,6 @@ gevent user does: loadtest.user), so a dead target is not hammered.
 from __future__ import annotations
 
 import asyncio
-import json
 import pickle
 import random
 import socket
@@ -67,18 +68,13 @@ import grpc
 
 # Imported when the engine starts, not at its first call: it starts with its
 # Locust process, and is ready before the first user is.
+from loadtest import engine_native
+from loadtest.engine_calls import METHODS, Conn, call_once, parse_outcome
 from loadtest.engine_schedule import Schedule
-from loadtest.protocols import MAX_MESSAGE, GrpcError, unreachable
+from loadtest.protocols import GrpcError, unreachable
 from loadtest.recorder import LOOP_TICK_S
-from server import breakdown
-from server.proto import grpc_service_pb2 as pb
-from server.proto import torchserve_pb2 as ts
 
 HEADER = struct.Struct("<I")
-METHODS = {
-    "kserve": "/inference.GRPCInferenceService/ModelInfer",
-    "torchserve": "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions",
-}
 # How long results wait to be sent in one batch: the parent only records them
 # (the latency was measured here), so fewer, larger writes cost both sides less CPU.
 SLOT_FLUSH_S = 0.02
@@ -106,85 +102,10 @@ def unframe(buf: bytearray) -> list[Any]:
     return out
 
 
-def _parse_kserve(data: bytes) -> tuple[int, dict[str, int] | None]:
-    resp = pb.ModelInferResponse.FromString(data)
-    return len(data), breakdown.parse(resp.parameters)
-
-
-def _parse_torchserve(data: bytes) -> tuple[int, dict[str, int] | None]:
-    pred = ts.PredictionResponse.FromString(data).prediction
-    parsed = None
-    if pred[:1] == b"{":
-        try:
-            doc = json.loads(pred)
-            parsed = breakdown.parse(doc.get("parameters") or {}) if isinstance(doc, dict) else None
-        except (ValueError, TypeError):
-            parsed = None
-    return len(pred), parsed
-
-
-PARSERS = {"kserve": _parse_kserve, "torchserve": _parse_torchserve}
-
-
-class _Conn:
-    """One user's channel, and the request it sends."""
-
-    def __init__(self, address: str, secure: bool, tls: Any, timeout_s: float) -> None:
-        opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_MESSAGE),
-                                       ("grpc.max_send_message_length", MAX_MESSAGE)]  # fmt: skip
-        if secure:
-            self.channel = grpc.aio.secure_channel(
-                address, tls.credentials(), options=opts + tls.channel_options()
-            )
-        else:
-            self.channel = grpc.aio.insecure_channel(address, options=opts)
-        self.channel.get_state(try_to_connect=True)  # connected before the first call
-        self.timeout_s = timeout_s
-        self.kind = "kserve"
-        self.request = b""
-        self.call: Any = None
-        self.gen = 0
-        self.left = 0  # calls left for `gen` (0: no limit)
-        self.slot: asyncio.Task[None] | None = None
-        self.halted = False
-        self.mode = "closed"  # or "open": the slot takes the schedule's tickets
-        self.batch = 0
-        self.waiter: asyncio.Future[Any] | None = None  # an open slot waiting for a ticket
-
-    def wake(self) -> None:
-        """An open slot waiting for a ticket looks at its orders again."""
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def prepare(self, kind: str, request: bytes) -> None:
-        self.kind = kind
-        self.request = request
-        # Bytes in, bytes out: the request was serialized once by the parent.
-        self.call = self.channel.unary_unary(METHODS[kind])
-
-
-async def call_once(conn: _Conn) -> tuple[str, str, int, dict[str, int] | None, int, float]:
-    """One call: status, details, response size, breakdown, the call's ns, when it ended."""
-    t0 = time.perf_counter_ns()
-    try:
-        data = await conn.call(conn.request, timeout=conn.timeout_s)
-        t1 = time.perf_counter_ns()
-        size, server = PARSERS[conn.kind](data)
-        return "OK", "", size, server, t1 - t0, time.monotonic()
-    except grpc.RpcError as exc:
-        t1 = time.perf_counter_ns()
-        code = exc.code() if hasattr(exc, "code") else None
-        details = (exc.details() or "") if hasattr(exc, "details") else str(exc)
-        return code.name if code is not None else "UNKNOWN", details, 0, None, t1 - t0, time.monotonic()
-    except Exception as exc:  # any failure is the call's, never the engine's
-        t1 = time.perf_counter_ns()
-        return "UNKNOWN", f"{type(exc).__name__}: {exc}", 0, None, t1 - t0, time.monotonic()
-
-
 class Engine:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, calls: str = "aio") -> None:
         self.sock = sock
-        self.conns: dict[int, _Conn] = {}
+        self.conns: dict[int, Conn] = {}
         self.slot_out: list[tuple[Any, ...]] = []
         # Streamed requests (op "stream"): their outcomes, and one channel per address.
         self.stream_out: list[tuple[int, Any]] = []
@@ -198,6 +119,13 @@ class Engine:
         self.open_out: list[tuple[Any, ...]] = []
         self.replies: list[tuple[Any, ...]] = []
         self._watch_task = self.loop.create_task(self._watch())
+        # Unary calls to plaintext targets in C (--client-engine auto or native), where it builds.
+        self.native: engine_native.NativeSlots | None = None
+        self.native_why = "not asked for (--client-engine process)"
+        if calls in ("auto", "native"):
+            native, self.native_why = engine_native.start()
+            if native is not None:
+                self.native = engine_native.NativeSlots(native, self.loop, self._native_closed)
 
     async def _watch(self) -> None:
         """How late a LOOP_TICK_S sleep wakes on this loop: the calls and their
@@ -231,27 +159,72 @@ class Engine:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         elif op == "open":
-            self.conns[cid] = _Conn(*msg[2:])
+            address, secure = msg[2], msg[3]
+            where = engine_native.split_address(address) if self.native is not None and not secure else None
+            self.conns[cid] = Conn(address, secure, msg[4], msg[5], native=where is not None)
+            if self.native is not None and where is not None:
+                self.native.open(cid, *where)
         elif op == "prep":
-            self.conns[cid].prepare(msg[2], msg[3])
-        elif op == "run":
             conn = self.conns[cid]
-            conn.gen, conn.left, conn.halted = msg[2], msg[3], False
-            conn.mode, conn.batch = msg[4], msg[5]
-            conn.wake()
-            if conn.slot is None or conn.slot.done():
-                conn.slot = self.loop.create_task(self._slot(cid, conn))
+            conn.prepare(msg[2], msg[3])
+            if self.native is not None and conn.native:
+                self.native.prepare(cid, METHODS[conn.kind], conn.request, conn.timeout_s)
+        elif op == "run":
+            self._run(cid, self.conns[cid], *msg[2:])
         elif op == "halt":
-            self.conns[cid].halted = True
-            self.conns[cid].wake()
+            conn = self.conns[cid]
+            conn.halted = True
+            conn.wake()
+            if self.native is not None and conn.native:
+                self.native.halt(cid)
         elif op == "close":
             gone = self.conns.pop(cid, None)
             if gone is not None:
                 gone.halted = True
                 gone.wake()
-                self.loop.create_task(gone.channel.close())
+                if self.native is not None and gone.native:
+                    self._set_open(gone, "closed")
+                    self.native.close(cid)
+                else:
+                    self.loop.create_task(gone.channel.close())
         elif op.startswith("ol_"):
             self._schedule_op(op, cid, msg[2:])
+
+    def _run(self, cid: int, conn: Conn, gen: int, left: int, mode: str, batch: int) -> None:
+        conn.gen, conn.left, conn.halted = gen, left, False
+        self._set_open(conn, mode)
+        conn.mode, conn.batch = mode, batch
+        conn.wake()
+        if self.native is not None and conn.native and mode == "closed":
+            self.native.run(cid, gen, left)  # back to back in C, results read in batches
+        elif conn.slot is None or conn.slot.done():
+            conn.slot = self.loop.create_task(self._slot(cid, conn))
+
+    def _set_open(self, conn: Conn, mode: str) -> None:
+        """The native client wakes the engine at once while any slot is in open loop."""
+        if self.native is not None and conn.native and (conn.mode == "open") != (mode == "open"):
+            self.native.set_open(1 if mode == "open" else -1)
+
+    def _native_closed(self, cid: int, gen: int, status: str, details: str, body: bytes,
+                       call_ns: int, done: float) -> None:  # fmt: skip
+        """A closed-loop call the native client made: as a grpc.aio slot's result."""
+        conn = self.conns.get(cid)
+        if conn is None or self.native is None:
+            return
+        status, details, size, server = parse_outcome(conn.kind, status, details, body)
+        self.slot_out.append((cid, gen, status, details, size, server, call_ns, done))
+        self._flush_soon()
+        if conn.gen == gen and conn.left:
+            conn.left -= 1
+        delay = self.native.backoff(cid, status, details)
+        if delay and conn.gen == gen and not conn.halted and conn.mode == "closed":
+            # The C loop stopped at the refusal: it goes on after the back-off.
+            self.loop.call_later(delay, self._rearm, cid, conn, gen)
+
+    def _rearm(self, cid: int, conn: Conn, gen: int) -> None:
+        live = self.conns.get(cid) is conn and conn.gen == gen and not conn.halted and conn.mode == "closed"
+        if self.native is not None and live:
+            self.native.run(cid, gen, conn.left)
 
     def _schedule_op(self, op: str, sid: int, args: tuple[Any, ...]) -> None:
         """The open-loop schedule's orders (loadtest.engine_schedule)."""
@@ -315,7 +288,7 @@ class Engine:
             self._stream_flush_pending = True
             self.loop.call_soon(self._flush)
 
-    async def _slot(self, cid: int, conn: _Conn) -> None:
+    async def _slot(self, cid: int, conn: Conn) -> None:
         """A user's sends until halted: back to back (closed loop, until its limit
         is reached) or at the schedule's tickets (open loop)."""
         refusals = 0
@@ -330,7 +303,13 @@ class Engine:
                 ticket = await sched.take(conn)
                 if ticket is None:
                     continue  # woken: halted, or its orders changed
-            status, details, size, server, call_ns, done = await call_once(conn)
+            if self.native is not None and conn.native:
+                if ticket is None:
+                    return  # closed loop: it runs in C (_run)
+                status, details, body, call_ns, done = await self.native.call(cid)
+                status, details, size, server = parse_outcome(conn.kind, status, details, body)
+            else:
+                status, details, size, server, call_ns, done = await call_once(conn)
             if ticket is not None:
                 if sched is not None and sched.finish(ticket[0]):  # else: reported unfinished at the stop
                     self.open_out.append((sched.sid, (conn.batch, status, details, size, server, call_ns,
@@ -398,16 +377,18 @@ class Engine:
         return out
 
 
-async def _main(fd: int) -> None:
+async def _main(fd: int, calls: str) -> None:
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
-    engine = Engine(sock)
-    sock.sendall(frame(("ready",)))  # imports done: the parent's run may begin
+    engine = Engine(sock, calls)
+    # Imports done: the parent's run may begin; and where the calls are made.
+    where = engine_native.describe(engine.native, engine.native_why)
+    sock.sendall(frame(("ready", where, engine.native is not None)))
     await engine.serve()
 
 
 def main() -> None:
-    asyncio.run(_main(int(sys.argv[1])))
+    asyncio.run(_main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "aio"))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelsoak.loadgen")
 ENGINE_FD = 3  # the socket's descriptor number in the engine
 _ATTR = "_modelsoak_engine"
+# --client-engine -> how the engine makes unary calls (loadtest.engine: "auto" is
+# in C where the native client builds, else grpc.aio).
+ENGINE_CALLS = {"auto": "auto", "native": "native", "process": "aio"}
 _TICKS_ATTR = "_modelsoak_engine_ticks"
 # A closed-loop slot's result: generation, status, details, size, breakdown, call ns, when it ended.
 SlotResult = tuple[int, str, str, int, "dict[str, int] | None", int, float]
@@ -51,7 +54,8 @@ SlotResult = tuple[int, str, str, int, "dict[str, int] | None", int, float]
 class EngineProcess:
     """The child and the socket to it; every user of this process shares it."""
 
-    def __init__(self, tick_sink: Callable[[], Callable[[float], None] | None] = lambda: None) -> None:
+    def __init__(self, tick_sink: Callable[[], Callable[[float], None] | None] = lambda: None,
+                 calls: str = "auto") -> None:  # fmt: skip
         parent, child = socket.socketpair()
         self._tick_sink = tick_sink  # where the engine's loop lag goes (the run's self-watch), if anywhere
         self.sock = parent
@@ -66,6 +70,9 @@ class EngineProcess:
         # The open loop's side (loadtest.engine_dispatch): its results and the
         # schedule's counts go to the dispatcher of the schedule they name.
         self.ready = gevent.event.Event()  # set when the engine has started (its "ready")
+        self.calls = calls  # "auto" | "native" | "aio": how the engine makes unary calls
+        self.native = False  # whether its unary calls are made in C (from its "ready")
+        self.where = ""  # where they are made, in words
         self.open_sinks: dict[int, Callable[[str, Any], None]] = {}
         self.replies: dict[int, AsyncResult] = {}
         self.pid = 0
@@ -82,13 +89,13 @@ class EngineProcess:
         # handlers, whose poller can die on the descriptors closed before exec.
         self.pid = os.posix_spawn(
             sys.executable,
-            [sys.executable, "-m", "loadtest.engine", str(ENGINE_FD)],
+            [sys.executable, "-m", "loadtest.engine", str(ENGINE_FD), self.calls],
             env,
             file_actions=[(os.POSIX_SPAWN_DUP2, child.fileno(), ENGINE_FD)],
         )
         child.close()
         self._reader = gevent.spawn(self._read)
-        log.info("request engine started (pid %d): this process's closed-loop calls and streams are made there", self.pid)
+        log.info("request engine started (pid %d): this process's calls and streams are made there", self.pid)
 
     def new_cid(self) -> int:
         return next(self._cids)
@@ -135,7 +142,9 @@ class EngineProcess:
                 return
             buf += data
             for msg in unframe(buf):
-                if msg == ("ready",):
+                if isinstance(msg, tuple) and msg[0] == "ready":
+                    self.native, self.where = bool(msg[2]), str(msg[1])
+                    log.info("request engine (pid %d): %s", self.pid, msg[1])
                     self.ready.set()
                 elif isinstance(msg, tuple) and msg[0] == "ticks":
                     sink = self._tick_sink()
@@ -229,7 +238,9 @@ def engine_of(environment: Environment) -> EngineProcess:
     """This process's engine, started at the first call."""
     engine: EngineProcess | None = getattr(environment, _ATTR, None)
     if engine is None or engine.dead:
-        engine = EngineProcess(lambda: getattr(environment, _TICKS_ATTR, None))
+        parsed = environment.parsed_options
+        calls = ENGINE_CALLS.get(str(getattr(parsed, "client_engine", "auto")), "auto")
+        engine = EngineProcess(lambda: getattr(environment, _TICKS_ATTR, None), calls)
         setattr(environment, _ATTR, engine)
         engine.start()
     return engine

@@ -39,7 +39,7 @@ def uses_engine(client_engine: str, protocol: str) -> bool:
     sends its event-loop lag to the run's self-watch, so an engine short of CPU makes the run
     INVALID as a generator short of CPU. gevent keeps every call in the Locust process."""
     del protocol  # every protocol has its engine path
-    return client_engine in ("auto", "process")
+    return client_engine in ("auto", "native", "process")
 
 
 # The order of the groups in --help, the web UI and the reference.
@@ -114,10 +114,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--request-timeout", "Target", "Request deadline (s)", "deadline of every call, seconds", 30.0, float),
     Flag("--client-engine", "Target", "Client engine",
          "where the calls are made: process (a child process per load-generator process, the request "
-         "engine, makes the calls, runs the open-loop schedule and reads streamed tokens on its own event "
-         "loop; the users are its in-flight slots) or gevent (each user's own call, in the Locust "
-         "process); auto: process",
-         "auto", choices=("auto", "process", "gevent"), web_ui=_PER_PROCESS),
+         "engine, makes the calls with grpc.aio, runs the open-loop schedule and reads streamed tokens on "
+         "its own event loop; the users are its in-flight slots), native (the same engine, its unary calls "
+         "to plaintext targets made in C over libnghttp2: loadtest.native_client), or gevent (each user's "
+         "own call, in the Locust process); auto: native where it builds (gcc, libnghttp2-dev), else process",
+         "auto", choices=("auto", "native", "process", "gevent"), web_ui=_PER_PROCESS),
     Flag("--server-metrics-url", "Target", "Server metrics URL",
          "the server's metrics: our server's http://HOST:8002 (JSON /stats), or a Prometheus /metrics URL", ""),
     # -- Streaming

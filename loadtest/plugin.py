@@ -113,6 +113,9 @@ def _init(environment: Environment, **_: Any) -> None:
     # open-loop schedule's first send (its imports take a second or two).
     if engine and not engine_of(environment).wait_ready(ENGINE_START_S):
         log.error("the request engine did not start within %.0f s", ENGINE_START_S)
+    elif engine and getattr(parsed, "client_engine", "") == "native" and not engine_of(environment).native:
+        _setup_failed(f"--client-engine native: the engine's {engine_of(environment).where}; "
+                      "expected gcc and libnghttp2-dev to build it, or --client-engine process")  # fmt: skip
     if role == "worker":
         runner.register_message(PHASE_MESSAGE, _on_phase)
         runner.register_message(FLUSH_MESSAGE, _on_flush)

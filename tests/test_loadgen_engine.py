@@ -1,7 +1,8 @@
-"""Where the calls are made (--client-engine): the request engine
-(loadtest.engine), or each user's own call under gevent (the default for unary calls). Real `locust -f
-loadgen/` runs against the `sleep` model, whose time is known; both paths must
-give the same figures, and the log says which one made the calls."""
+"""Where the calls are made (--client-engine): the request engine (loadtest.engine)
+with its unary calls in C (native, what auto picks where it builds) or on grpc.aio
+(process), or each user's own call under gevent. Real `locust -f loadgen/` runs
+against the `sleep` model, whose time is known; every path must give the same
+figures, and the log says which one made the calls."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from tests.conftest import ServerProcess, run_locust
 
 ENGINE_LINE = "request engine started (pid"
+NATIVE_LINE = "unary calls in C over libnghttp2"
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +22,8 @@ def sleepy(start_module_server: Callable[..., ServerProcess]) -> ServerProcess:
     return start_module_server("--model", "sleep", "--param", "sleep_ms=10", "--max-batch-size", "1")
 
 
-@pytest.mark.parametrize("engine", ["process", "gevent"])
-def test_closed_loop_on_either_path_measures_the_model(
+@pytest.mark.parametrize("engine", ["native", "process", "gevent"])
+def test_closed_loop_on_every_path_measures_the_model(
     sleepy: ServerProcess, tmp_path: Path, engine: str
 ) -> None:
     plan = tmp_path / "plan.yaml"
@@ -30,8 +32,9 @@ def test_closed_loop_on_either_path_measures_the_model(
                      "--client-engine", engine, "--slo-file", str(plan))  # fmt: skip
     s = run.summary()
     assert run.returncode == 0 and s["verdict"] == "PASS", run.output[-3000:]
-    # The engine's start is in the log; under gevent there is none.
-    assert (ENGINE_LINE in run.output) == (engine == "process"), run.output[-3000:]
+    # The engine's start is in the log, and where it makes its calls; under gevent there is none.
+    assert (ENGINE_LINE in run.output) == (engine != "gevent"), run.output[-3000:]
+    assert (NATIVE_LINE in run.output) == (engine == "native"), run.output[-3000:]
     (phase,) = s["phases"]
     # One user back to back on a 10 ms model: about 90 requests/s, each 10 ms and a little.
     assert phase["requests"] > 150 and phase["failures"] == 0, phase
@@ -42,8 +45,8 @@ def test_closed_loop_on_either_path_measures_the_model(
     assert b["available"] and b["mean_ms"] and 0 < b["transport_ms"] < p50, b
 
 
-@pytest.mark.parametrize("engine", ["process", "gevent"])
-def test_open_loop_on_either_path_keeps_its_schedule(
+@pytest.mark.parametrize("engine", ["native", "process", "gevent"])
+def test_open_loop_on_every_path_keeps_its_schedule(
     sleepy: ServerProcess, tmp_path: Path, engine: str
 ) -> None:
     # 50/s offered to a 10 ms model that takes ~90/s on one connection: four slots keep up.
