@@ -35,7 +35,9 @@ RUN groupadd --system --gid 10001 modelsoak \
        --shell /usr/sbin/nologin modelsoak
 
 # gcc and libnghttp2's headers build the load generator's native gRPC client
-# (loadtest/native) below; libnghttp2 stays for it at run time.
+# (loadtest/native) below; libnghttp2 stays for it at run time. Versions are the
+# base image's Debian release's.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev \
     && rm -rf /var/lib/apt/lists/*

@@ -36,9 +36,9 @@ host, the parent's own child: nothing else can write to the socket.
                                                          one streamed request (kind "kserve-stream":
                                                          the request's bytes; "openai": host, port,
                                                          path, body), loadtest.streaming_aio
-  engine -> parent  ("ready", where, native)           once, when its imports are done: where its
-                                                         calls are made (for the log), and whether
-                                                         in C (loadtest.engine_native)
+  engine -> parent  ("ready", where, native, why)      once, when its imports are done: where its
+                                                         calls are made (for the log), whether in C
+                                                         (loadtest.engine_native), and if not, why
                     [(cid, gen, status, details, size, breakdown, call_ns, done), ...]
                     ("open", sid, [(batch, status, details, size, breakdown, call_ns, done,
                                     scheduled, label), ...])  the open loop's sends
@@ -383,7 +383,7 @@ async def _main(fd: int, calls: str) -> None:
     engine = Engine(sock, calls)
     # Imports done: the parent's run may begin; and where the calls are made.
     where = engine_native.describe(engine.native, engine.native_why)
-    sock.sendall(frame(("ready", where, engine.native is not None)))
+    sock.sendall(frame(("ready", where, engine.native is not None, engine.native_why)))
     await engine.serve()
 
 

@@ -73,6 +73,7 @@ class EngineProcess:
         self.calls = calls  # "auto" | "native" | "aio": how the engine makes unary calls
         self.native = False  # whether its unary calls are made in C (from its "ready")
         self.where = ""  # where they are made, in words
+        self.why = ""  # why not in C, where they are not
         self.open_sinks: dict[int, Callable[[str, Any], None]] = {}
         self.replies: dict[int, AsyncResult] = {}
         self.pid = 0
@@ -143,7 +144,7 @@ class EngineProcess:
             buf += data
             for msg in unframe(buf):
                 if isinstance(msg, tuple) and msg[0] == "ready":
-                    self.native, self.where = bool(msg[2]), str(msg[1])
+                    self.native, self.where, self.why = bool(msg[2]), str(msg[1]), str(msg[3])
                     log.info("request engine (pid %d): %s", self.pid, msg[1])
                     self.ready.set()
                 elif isinstance(msg, tuple) and msg[0] == "ticks":

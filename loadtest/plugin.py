@@ -114,7 +114,7 @@ def _init(environment: Environment, **_: Any) -> None:
     if engine and not engine_of(environment).wait_ready(ENGINE_START_S):
         log.error("the request engine did not start within %.0f s", ENGINE_START_S)
     elif engine and getattr(parsed, "client_engine", "") == "native" and not engine_of(environment).native:
-        _setup_failed(f"--client-engine native: the engine's {engine_of(environment).where}; "
+        _setup_failed(f"--client-engine native: the native client is unavailable here ({engine_of(environment).why}); "
                       "expected gcc and libnghttp2-dev to build it, or --client-engine process")  # fmt: skip
     if role == "worker":
         runner.register_message(PHASE_MESSAGE, _on_phase)
