@@ -52,17 +52,32 @@ def _summary(
     }
 
 
+class _Window:
+    """The measured window after a warm-up: `on` while it lasts; its CPU and wall seconds."""
+
+    on = False
+
+    async def run(self, window_s: float) -> tuple[float, float]:
+        await asyncio.sleep(WARMUP_S)  # the load runs meanwhile: this is the warm-up's length
+        self.on = True
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(window_s)  # the measured window's length
+        c1, t1 = time.process_time(), time.perf_counter()
+        self.on = False
+        return c1 - c0, t1 - t0
+
+
 async def _native(port: int, payload: bytes, window_s: float, notify_delay_s: float) -> dict[str, Any]:
     nc = NativeCalls(notify_delay_s)
     loop = asyncio.get_running_loop()
-    measuring = False
+    window = _Window()
     lat: list[int] = []
     errors: dict[str, int] = {}
 
     def ready() -> None:
         # One wake-up takes every call that finished since the last one.
         for _slot, status, _tag, call_ns, _done, _details, _body in nc.results():
-            if not measuring:
+            if not window.on:
                 continue
             if status == "OK":
                 lat.append(call_ns)
@@ -75,23 +90,18 @@ async def _native(port: int, payload: bytes, window_s: float, notify_delay_s: fl
             nc.open(slot, "127.0.0.1", port)
             nc.prepare(slot, METHOD, payload, 60.0)
             nc.run(slot, 0, 0)
-        await asyncio.sleep(WARMUP_S)
-        measuring = True
-        c0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.sleep(window_s)
-        c1, t1 = time.process_time(), time.perf_counter()
-        measuring = False
+        cpu_s, wall_s = await window.run(window_s)
         n = len(lat)
     finally:
         loop.remove_reader(nc.fileno())
         nc.free()
-    return _summary(n, errors, c1 - c0, t1 - t0, lat)
+    return _summary(n, errors, cpu_s, wall_s, lat)
 
 
 async def _aio(port: int, payload: bytes, window_s: float) -> dict[str, Any]:
     lat: list[int] = []
     errors: dict[str, int] = {}
-    measuring = False
+    window = _Window()
     stop = False
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(METHOD)
@@ -105,23 +115,18 @@ async def _aio(port: int, payload: bytes, window_s: float) -> dict[str, Any]:
                     ok, name = True, "OK"
                 except grpc.aio.AioRpcError as exc:
                     ok, name = False, exc.code().name
-                if measuring:
+                if window.on:
                     if ok:
                         lat.append(time.perf_counter_ns() - t0)
                     else:
                         errors[name] = errors.get(name, 0) + 1
 
         tasks = [asyncio.create_task(worker()) for _ in range(SLOTS)]
-        await asyncio.sleep(WARMUP_S)
-        measuring = True
-        c0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.sleep(window_s)
-        c1, t1 = time.process_time(), time.perf_counter()
-        measuring = False
+        cpu_s, wall_s = await window.run(window_s)
         n = len(lat)
         stop = True
         await asyncio.gather(*tasks)
-    return _summary(n, errors, c1 - c0, t1 - t0, lat)
+    return _summary(n, errors, cpu_s, wall_s, lat)
 
 
 def _perf_analyzer(port: int) -> dict[str, Any] | None:

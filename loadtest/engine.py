@@ -56,8 +56,8 @@ gevent user does: loadtest.user), so a dead target is not hammered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
-import random
 import socket
 import struct
 import sys
@@ -71,16 +71,13 @@ import grpc
 from loadtest import engine_native
 from loadtest.engine_calls import METHODS, Conn, call_once, parse_outcome
 from loadtest.engine_schedule import Schedule
-from loadtest.protocols import GrpcError, unreachable
+from loadtest.protocols import GrpcError, backoff_s, unreachable
 from loadtest.recorder import LOOP_TICK_S
 
 HEADER = struct.Struct("<I")
 # How long results wait to be sent in one batch: the parent only records them
 # (the latency was measured here), so fewer, larger writes cost both sides less CPU.
 SLOT_FLUSH_S = 0.02
-# Back-off while the target refuses connections: 50 ms doubling to 2 s, jittered.
-BACKOFF_BASE_S = 0.05
-BACKOFF_CAP_S = 2.0
 
 
 def frame(obj: Any) -> bytes:
@@ -251,9 +248,10 @@ class Engine:
             self.loop.create_task(self._drain(sched, args[0], args[1]))
 
     async def _drain(self, sched: Schedule, rid: int, timeout_s: float) -> None:
-        end = time.monotonic() + timeout_s
-        while not sched.idle() and time.monotonic() < end and self.schedule is sched:
-            await asyncio.sleep(0.01)
+        """Answers once the closed schedule has nothing queued or in flight (or was
+        stopped: a new run's start stops it), or after `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sched.drained.wait(), timeout_s)
         self._reply(rid, [])
 
     def _reply(self, rid: int, payload: Any) -> None:
@@ -324,8 +322,7 @@ class Engine:
                         return  # this user's share of the phase is sent
             if status == "UNAVAILABLE" and unreachable(GrpcError(status, details)):
                 refusals += 1
-                delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(refusals - 1, 16))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await asyncio.sleep(backoff_s(refusals))
             else:
                 refusals = 0
 

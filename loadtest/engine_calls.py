@@ -49,16 +49,10 @@ class Conn:
         opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_MESSAGE),
                                        ("grpc.max_send_message_length", MAX_MESSAGE)]  # fmt: skip
         self.native = native  # its calls are made by the native client (loadtest.engine_native)
-        self.channel: Any = None
-        if native:
-            pass
-        elif secure:
-            self.channel = grpc.aio.secure_channel(
-                address, tls.credentials(), options=opts + tls.channel_options()
-            )
-        else:
-            self.channel = grpc.aio.insecure_channel(address, options=opts)
-        if self.channel is not None:
+        self.channel: Any = None  # none when native: the C client holds the connection
+        if not native:
+            self.channel = (grpc.aio.secure_channel(address, tls.credentials(), options=opts + tls.channel_options())
+                            if secure else grpc.aio.insecure_channel(address, options=opts))  # fmt: skip
             self.channel.get_state(try_to_connect=True)  # connected before the first call
         self.timeout_s = timeout_s
         self.kind = "kserve"

@@ -13,11 +13,10 @@ jittered back-off, as a grpc.aio slot waits.
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import TYPE_CHECKING, Any
 
 from loadtest.native_client import NativeCalls, NativeError
-from loadtest.protocols import GrpcError, unreachable
+from loadtest.protocols import GrpcError, backoff_s, unreachable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,8 +26,6 @@ OPEN_TAG = -1
 # How long finished closed-loop calls may wait in C before the engine is woken: the
 # engine forwards results every 20 ms anyway (loadtest.engine.SLOT_FLUSH_S).
 NOTIFY_DELAY_S = 0.005
-BACKOFF_BASE_S = 0.05
-BACKOFF_CAP_S = 2.0
 
 # A call's end: status, details, response message, call ns, when it ended (time.monotonic).
 Outcome = tuple[str, str, bytes, int, float]
@@ -102,8 +99,8 @@ class NativeSlots:
     def backoff(self, cid: int, status: str, details: str) -> float:
         """Seconds to wait before the slot's next call: 0 unless the target refused it."""
         if status == "UNAVAILABLE" and unreachable(GrpcError(status, details)):
-            n = self.refusals[cid] = self.refusals.get(cid, 0) + 1
-            return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(n - 1, 16)) * random.uniform(0.5, 1.0)
+            self.refusals[cid] = self.refusals.get(cid, 0) + 1
+            return backoff_s(self.refusals[cid])
         self.refusals.pop(cid, None)
         return 0.0
 

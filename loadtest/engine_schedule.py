@@ -54,6 +54,7 @@ class Schedule:
         self._ids = itertools.count(1)
         self._rng = random.Random(seed)
         self._changed = asyncio.Event()
+        self.drained = asyncio.Event()  # set once closed with nothing queued or in flight
         self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._run())
 
     def set_rate(self, rate: float, label: str, at: float) -> None:
@@ -70,6 +71,11 @@ class Schedule:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self._note_drained()
+
+    def _note_drained(self) -> None:
+        if self.closed and self.idle():
+            self.drained.set()
 
     def _gap(self) -> float:
         if self.arrival == "poisson":
@@ -145,7 +151,9 @@ class Schedule:
     def finish(self, tid: int) -> bool:
         """A taken ticket's send ended: True if it is still this schedule's to
         report (False once the stop has reported it unfinished)."""
-        return self.in_flight.pop(tid, None) is not None
+        mine = self.in_flight.pop(tid, None) is not None
+        self._note_drained()
+        return mine
 
     def idle(self) -> bool:
         return not self.queue and not self.in_flight
@@ -156,6 +164,7 @@ class Schedule:
         now = time.monotonic()
         old = [t for t in self.queue if now - t[1] >= fresh_s]
         self.queue = deque(t for t in self.queue if now - t[1] < fresh_s)
+        self._note_drained()
         return [(t[1], t[2]) for t in old]
 
     def stop(self) -> list[tuple[float, str]]:
@@ -168,6 +177,7 @@ class Schedule:
             if not waiter.done():
                 waiter.set_result(None)
         self.waiters.clear()
+        self.drained.set()
         return left
 
     def take_counts(self) -> tuple[dict[str, int], float] | None:

@@ -30,7 +30,7 @@ SCENARIOS = (
 STREAMING = ("openai", "kserve-stream")
 
 
-def uses_engine(client_engine: str, protocol: str) -> bool:
+def uses_engine(client_engine: str) -> bool:
     """Whether a process's calls go to its request engine (loadtest.engine): --client-engine
     process, or auto (the default). There closed-loop unary calls cost 1.6x less client CPU
     (bench/client_cost.py), the open-loop schedule runs beside the calls on the engine's own
@@ -38,7 +38,6 @@ def uses_engine(client_engine: str, protocol: str) -> bool:
     else to do (through gevent it waits for the Locust process: bench/streams.py). The engine
     sends its event-loop lag to the run's self-watch, so an engine short of CPU makes the run
     INVALID as a generator short of CPU. gevent keeps every call in the Locust process."""
-    del protocol  # every protocol has its engine path
     return client_engine in ("auto", "native", "process")
 
 

@@ -106,9 +106,7 @@ def _init(environment: Environment, **_: Any) -> None:
         _preflight(environment)  # the web UI checks each run's options when it starts
     runner = environment.runner
     assert runner is not None
-    engine = role != "master" and uses_engine(
-        getattr(parsed, "client_engine", "auto"), getattr(parsed, "protocol", "")
-    )
+    engine = role != "master" and uses_engine(getattr(parsed, "client_engine", "auto"))
     # Started now and waited for, so it is ready before the first user and the
     # open-loop schedule's first send (its imports take a second or two).
     if engine and not engine_of(environment).wait_ready(ENGINE_START_S):

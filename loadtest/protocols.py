@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,17 @@ class GrpcError(Exception):
 # What gRPC says when the target does not take the connection (refused, reset,
 # gone): the target is unreachable, not answering with an error.
 _UNREACHABLE = ("failed to connect", "connection refused", "connection reset", "socket closed", "connect failed")
+
+
+# Back-off while the target refuses connections: 50 ms doubling to 2 s, jittered.
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 2.0
+
+
+def backoff_s(refusals: int) -> float:
+    """How long a sender waits after its `refusals`-th refused call in a row (>= 1):
+    capped, jittered exponential, so a dead target is not hammered."""
+    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(refusals - 1, 16)) * random.uniform(0.5, 1.0)
 
 
 def unreachable(err: GrpcError | None) -> bool:

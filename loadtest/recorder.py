@@ -11,6 +11,7 @@ recorder of its own (loadtest.run).
 from __future__ import annotations
 
 import base64
+import bisect
 import threading
 import time
 import zlib
@@ -88,11 +89,8 @@ LAG_OVER = "lag_over_us"
 
 def lag_key(seconds: float) -> str:
     """The open-loop counter a schedule lag of `seconds` counts under."""
-    us = seconds * 1e6
-    for bound in LAG_BOUNDS_US:
-        if us <= bound:
-            return f"{LAG_PREFIX}{bound}"
-    return LAG_OVER
+    i = bisect.bisect_left(LAG_BOUNDS_US, seconds * 1e6)
+    return f"{LAG_PREFIX}{LAG_BOUNDS_US[i]}" if i < len(LAG_BOUNDS_US) else LAG_OVER
 
 
 @dataclass

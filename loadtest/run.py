@@ -525,7 +525,7 @@ class Run:
         if opts.latency_log is not None:
             self.recorder.keep_raw()
         self.recorder.set_bucket(opts.series_interval)
-        if uses_engine(opts.client_engine, opts.protocol) and opts.protocol not in STREAMING:
+        if uses_engine(opts.client_engine) and opts.protocol not in STREAMING:
             # The schedule runs on the request engine's loop, beside the calls it makes.
             self.dispatcher = EngineDispatcher(
                 self.environment, self.recorder, self.warmup, opts.max_pending, opts.arrival, opts.seed

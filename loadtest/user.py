@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import TYPE_CHECKING
 import gevent
 import grpc
 
-from loadtest.engine import BACKOFF_BASE_S, BACKOFF_CAP_S
 from loadtest.engine_client import EngineClient, EngineStreamer, SlotResult
 from loadtest.engine_dispatch import EngineDispatcher, account
 from loadtest.flags import STREAMING, uses_engine
@@ -27,6 +25,7 @@ from loadtest.protocols import (
     SetupError,
     Target,
     TorchServeClient,
+    backoff_s,
     random_inputs,
     unreachable,
 )
@@ -138,10 +137,10 @@ class Session:
             )
         else:
             self.client = KServeClient(self.opts.host, self.opts.request_timeout, self.opts.tls)
-        if self.streamer is not None and uses_engine(self.opts.client_engine, self.opts.protocol):
+        if self.streamer is not None and uses_engine(self.opts.client_engine):
             # Streams are read in the engine, where each token is timed as it arrives.
             self.streamer = EngineStreamer.wrap(environment, self.streamer, self.opts)
-        elif self.streamer is None and uses_engine(self.opts.client_engine, self.opts.protocol):
+        elif self.streamer is None and uses_engine(self.opts.client_engine):
             # The calls go to this process's request engine (loadtest.engine).
             self.client = EngineClient(
                 environment, self.client, self.opts.host, self.opts.request_timeout, self.opts.tls
@@ -284,8 +283,7 @@ class Session:
             return
         run.recorder.note_unreachable(time.time())
         self.refusals += 1
-        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(self.refusals - 1, 16))
-        gevent.sleep(delay * random.uniform(0.5, 1.0))
+        gevent.sleep(backoff_s(self.refusals))
 
     def _count(self, run: Run, name: str, scheduled: float | None) -> str:
         """A send's name (its phase, or warm-up), counted."""

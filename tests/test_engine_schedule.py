@@ -16,11 +16,9 @@ class Slot:
     waiter: Any = None
 
 
-async def _until(cond: Any, timeout_s: float = 5.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < end, "timed out"
-        await asyncio.sleep(0.005)
+async def _turn() -> None:
+    """One turn of the loop (not a wait for time): a task just made runs up to its first await."""
+    await asyncio.sleep(0)
 
 
 def test_constant_rate_until_its_end_and_every_ticket_accounted() -> None:
@@ -28,7 +26,8 @@ def test_constant_rate_until_its_end_and_every_ticket_accounted() -> None:
         now = time.monotonic()
         sched = Schedule(1, "constant", 0, 10_000, now + 1.0, now)
         sched.set_rate(200.0, "infer", now)
-        await _until(lambda: sched._task is None or sched._task.done(), 5.0)
+        assert sched._task is not None
+        await asyncio.wait_for(sched._task, 5.0)  # it ends by itself at `until`
         counts = sched.take_counts()
         assert counts is not None
         c, worst = counts
@@ -51,25 +50,24 @@ def test_constant_rate_until_its_end_and_every_ticket_accounted() -> None:
 def test_a_waiting_slot_is_woken_by_a_ticket_or_by_the_stop() -> None:
     async def main() -> None:
         now = time.monotonic()
-        sched = Schedule(2, "poisson", 7, 5, None, now)
+        sched = Schedule(2, "poisson", 7, 5, now + 0.5, now)
         slot = Slot()
         waiting = asyncio.ensure_future(sched.take(slot))
-        await asyncio.sleep(0.05)
+        await _turn()
         assert not waiting.done() and slot.waiter is not None  # no rate yet: nothing scheduled
-        sched.set_rate(100.0, "phase-a", time.monotonic())
+        sched.set_rate(200.0, "phase-a", time.monotonic())
         ticket = await asyncio.wait_for(waiting, 2.0)
         assert ticket is not None and ticket[2] == "phase-a"
-        assert sched.finish(ticket[0]) and sched.idle() is (not sched.queue)
-        # Nobody takes tickets: at most max_pending wait, the rest are dropped.
-        await _until(lambda: sched.counts["dropped"] > 0)
-        assert len(sched.queue) == 5
+        assert sched.finish(ticket[0]) and not sched.in_flight
+        # Nobody takes tickets until the schedule's end: at most max_pending wait, the rest are dropped.
+        assert sched._task is not None
+        await asyncio.wait_for(sched._task, 5.0)
+        assert sched.counts["dropped"] > 0 and len(sched.queue) == 5
         # Old tickets come out as the backlog; a stop wakes a waiting slot with None.
-        sched.set_rate(0.0, "", time.monotonic())
-        await asyncio.sleep(0.02)
         old = sched.backlog(0.0)
         assert len(old) == 5 and not sched.queue
         waiting = asyncio.ensure_future(sched.take(slot))
-        await asyncio.sleep(0.01)
+        await _turn()
         assert sched.stop() == [] and await asyncio.wait_for(waiting, 1.0) is None
 
     asyncio.run(main())
