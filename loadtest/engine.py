@@ -107,6 +107,7 @@ class Engine:
         # Streamed requests (op "stream"): their outcomes, and one channel per address.
         self.stream_out: list[tuple[int, Any]] = []
         self.stream_methods: dict[tuple[str, bool], Any] = {}
+        self.http_pools: dict[tuple[str, int], Any] = {}  # OpenAI-compatible targets' connections
         self.tasks: set[asyncio.Task[None]] = set()
         self._stream_flush_pending = False
         self.loop = asyncio.get_running_loop()
@@ -269,7 +270,10 @@ class Engine:
         try:
             if kind == "openai":
                 host, port, path, body = payload
-                outcome = await streaming_aio.openai_stream(host, port, path, body, timeout_s)
+                pool = self.http_pools.get((host, port))
+                if pool is None:
+                    pool = self.http_pools[(host, port)] = streaming_aio.HttpPool(host, port)
+                outcome = await streaming_aio.openai_stream(pool, path, body, timeout_s)
             else:
                 method = self.stream_methods.get((address, tls is not None))
                 if method is None:
@@ -280,7 +284,7 @@ class Engine:
                     )
                 outcome = await streaming_aio.kserve_stream(method, payload, timeout_s)
         except Exception as exc:  # any failure is the stream's, never the engine's
-            outcome = ("UNKNOWN", f"{type(exc).__name__}: {exc}", 0, [], 0, 0, 0, False, 0, {})
+            outcome = ("UNKNOWN", f"{type(exc).__name__}: {exc}", 0, [], 0, 0, 0, False, 0, {}, [])
         self.stream_out.append((call_id, outcome))
         if not self._stream_flush_pending:
             self._stream_flush_pending = True

@@ -359,11 +359,11 @@ class EngineStreamer:
         outcome = engine_of(self.environment).stream(
             self.kind, self.address, self.tls, payload, self.timeout_s
         )
-        status, details, ttft, itl, e2e, prompt_tokens, output_tokens, from_usage, size, server_ns = outcome
+        status, details, ttft, itl, e2e, prompt_tokens, output_tokens, from_usage, size, server_ns, added = outcome
         if status != "OK":
             raise GrpcError(status, details)
         return StreamResult(ttft, itl, e2e, prompt_tokens, output_tokens, FROM_USAGE if from_usage else COUNTED,
-                            size, server_ns)  # fmt: skip
+                            size, server_ns, added)  # fmt: skip
 
     def close(self) -> None:
         self.local.close()

@@ -125,7 +125,9 @@ class NameStats:
 # The histograms of streamed requests, kept beside the server's phases (and shipped,
 # folded and merged the same way): time to first token, inter-token latency, time
 # per output token.
-STREAM_KEYS = {"ttft": "stream:ttft", "itl": "stream:itl", "tpot": "stream:tpot"}
+STREAM_KEYS = {"ttft": "stream:ttft", "itl": "stream:itl", "tpot": "stream:tpot", "itl_added": "stream:itl_added"}
+# Those charted by time (the rest are in the totals only).
+WINDOWED = ("ttft", "itl")
 
 
 class Recorder:
@@ -211,7 +213,7 @@ class Recorder:
                 self._fold(st)
 
     def record_stream(self, name: str, ttft_ns: int, itl_ns: list[int], tpot_ns: int | None,
-                      counts: dict[str, int]) -> None:  # fmt: skip
+                      counts: dict[str, int], itl_added_ns: list[int] | None = None) -> None:  # fmt: skip
         """A streamed request's token timings and counts (its E2E latency goes
         through `record` like any request's)."""
         with self._lock:
@@ -227,6 +229,8 @@ class Recorder:
                 pend.setdefault("itl", []).extend(itl_ns)
             if tpot_ns is not None:
                 pend.setdefault("tpot", []).append(tpot_ns)
+            if itl_added_ns:
+                pend.setdefault("itl_added", []).extend(itl_added_ns)
             if len(pend.get("itl", ())) >= FOLD_EVERY:
                 self._fold(st)
 
@@ -298,8 +302,8 @@ class Recorder:
                 if hist is None:
                     hist = st.server[key] = new_hist()
                 values, counts = quantized_counts(np.asarray(ns_list, dtype=np.int64))
-                window = self.token_window.get(short) if short != "tpot" else None
-                if window is None and short != "tpot":
+                window = self.token_window.get(short) if short in WINDOWED else None
+                if window is None and short in WINDOWED:
                     window = self.token_window[short] = new_hist()
                 for v, c in zip(values, counts, strict=True):
                     hist.record_value(v, c)

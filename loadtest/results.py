@@ -203,6 +203,10 @@ class Streaming:
     # (waiting for a sequence slot), "prefill", "ttft" (arrival to first token, the
     # two before included) and "decode" (first token to end).
     server_split_ms: dict[str, float] = field(default_factory=dict)
+    # Where the server stamps each token's send (our server, probes on): for every gap
+    # between tokens, |the client's gap - the server's gap|, i.e. what the way from the
+    # server's send to the client's read added to or took from it (ms).
+    itl_added_ms: Latency | None = None
 
 
 @dataclass

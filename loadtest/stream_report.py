@@ -70,4 +70,11 @@ def streaming_lines(s: Summary) -> list[str]:
             f"- The server's split (means): queue {split.get('queue', 0):.2f} ms, prefill {split.get('prefill', 0):.2f} ms, "
             f"first token after {split.get('ttft', 0):.2f} ms{outside}; decode {split.get('decode', 0):.1f} ms"
         )
+    added = total.itl_added_ms
+    if added is not None:
+        lines.append(
+            f"- Inter-token gaps as read against the server's own (it stamps each token's send): "
+            f"they differ by {added.p50:.3f} ms at p50, {added.p99:.3f} ms at p99 (max {added.max:.3f} ms): "
+            "what the network and this client added; the rest of the ITL spread is the server's"
+        )
     return [*lines, ""]

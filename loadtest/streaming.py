@@ -40,6 +40,9 @@ _SERVER_SPLIT = (
     "modelsoak_ttft_ns",
     "modelsoak_server_total_ns",
 )
+# Our server's stamp of a token's send (its monotonic clock, ns), on each token's
+# response (a KServe parameter, a field of an OpenAI chunk) while its probes are on.
+SENT_KEY = "modelsoak_sent_ns"
 # An OpenAI-compatible server's HTTP errors as the gRPC status names failures are grouped by.
 HTTP_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE",
                504: "DEADLINE_EXCEEDED"}  # fmt: skip
@@ -61,6 +64,8 @@ class StreamResult:
     # What the server said of the request's time where it says it (our server's
     # parameters, ns): waiting for a sequence slot, prefill, arrival to the end.
     server_ns: dict[str, int] = field(default_factory=dict)
+    # |client's gap - server's gap| for each gap, where the server stamps its sends.
+    itl_added_ns: list[int] = field(default_factory=list)
 
     @property
     def tpot_ns(self) -> int | None:
@@ -79,19 +84,29 @@ class StreamClock:
         self.result = StreamResult()
         self.pieces = 0
         self.usage: tuple[int, int] | None = None  # (prompt, output) tokens, where the server says
+        self.end = 0  # when the stream's end was read, where the reader knows it
+        self.last_sent = 0
 
-    def piece(self) -> None:
-        now = time.perf_counter_ns()
+    def piece(self, at: int = 0, sent: int = 0) -> None:
+        """A piece of text arrived (`at`: when its bytes were read, if not now; `sent`:
+        when the server says it sent it, on its own clock, 0 where it does not say)."""
+        now = at or time.perf_counter_ns()
         if self.pieces == 0:
             self.result.ttft_ns = now - self.t0
         else:
-            self.result.itl_ns.append(now - self.last)
+            gap = now - self.last
+            self.result.itl_ns.append(gap)
+            if sent and self.last_sent:
+                # Differences of each side's own clock: no common clock needed.
+                self.result.itl_added_ns.append(max(1, abs(gap - (sent - self.last_sent))))
         self.last = now
+        self.last_sent = sent
         self.pieces += 1
 
-    def done(self, prompt_tokens: int | None, output_tokens: int | None) -> StreamResult:
+    def done(self, prompt_tokens: int | None, output_tokens: int | None, at: int = 0) -> StreamResult:
+        """The stream ended (`at`: when its end was read, if not now)."""
         r = self.result
-        r.e2e_ns = time.perf_counter_ns() - self.t0
+        r.e2e_ns = (at or time.perf_counter_ns()) - self.t0
         if output_tokens is not None:
             r.prompt_tokens, r.output_tokens, r.source = prompt_tokens or 0, output_tokens, FROM_USAGE
         else:
@@ -244,9 +259,9 @@ class OpenAIClient:
             self._conn = None
 
 
-def read_openai_chunk(chunk: dict[str, Any], clock: StreamClock) -> None:
+def read_openai_chunk(chunk: dict[str, Any], clock: StreamClock, at: int = 0) -> None:
     """One server-sent event of a completion (`text`) or chat (`delta.content`) stream,
-    marked on `clock`; an error in the stream raises GrpcError."""
+    marked on `clock` (read at `at`, if not now); an error in the stream raises GrpcError."""
     if chunk.get("error"):
         raise GrpcError("INTERNAL", f"error in the stream: {chunk['error']}")
     usage = chunk.get("usage")
@@ -254,7 +269,8 @@ def read_openai_chunk(chunk: dict[str, Any], clock: StreamClock) -> None:
         clock.usage = (int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
     for c in chunk.get("choices") or ():
         if c.get("text") or (c.get("delta") or {}).get("content"):
-            clock.piece()
+            sent = chunk.get(SENT_KEY)
+            clock.piece(at, sent if isinstance(sent, int) else 0)
             break
 
 
@@ -271,7 +287,8 @@ def read_kserve_response(resp: pb.ModelStreamInferResponse, clock: StreamClock) 
     if any(len(raw) > 4 for raw in r.raw_output_contents) or any(
         o.contents.bytes_contents and any(o.contents.bytes_contents) for o in r.outputs
     ):
-        clock.piece()
+        sent = r.parameters[SENT_KEY].int64_param if SENT_KEY in r.parameters else 0
+        clock.piece(0, sent)
     p = r.parameters
     for key in ("completion_tokens", "modelsoak_completion_tokens"):
         if key in p:

@@ -200,6 +200,7 @@ def streaming_result(
         goodput_rps=t.get("good", 0) / span,
         good_limits_ms=dict(limits),
         server_split_ms=_split(t),
+        itl_added_ms=_latency("itl_added", st, confidence),
     )
 
 

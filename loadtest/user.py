@@ -361,7 +361,7 @@ class Session:
                           "from_usage": int(result.source == "usage"),
                           "good": int(_good(run.good_ms, ttft, tpot, latency_ns))}  # fmt: skip
                 counts.update(server_split(result.server_ns))
-                run.recorder.record_stream(name, ttft, result.itl_ns, tpot, counts)
+                run.recorder.record_stream(name, ttft, result.itl_ns, tpot, counts, result.itl_added_ns)
         return exc
 
 

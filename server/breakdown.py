@@ -67,6 +67,9 @@ _PARSE_NAMES = (
 # Streaming responses (one per token): where the token came from, and on the
 # first and final responses the request's own timing and token counts.
 TOKEN_INDEX_KEY = PREFIX + "token_index"
+# When the server made the token's response, on its monotonic clock (ns): the gaps
+# between two tell a client the server's own inter-token latency.
+SENT_KEY = PREFIX + "sent_ns"
 OCCUPANCY_KEY = PREFIX + "batch_occupancy"
 STEP_KEY = PREFIX + "step_ns"
 PREFILL_KEY = PREFIX + "prefill_ns"

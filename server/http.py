@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
@@ -109,6 +110,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(http_status(exc), {"error": exc.message})
             return
         self._json(200, job.as_dict())
+
+    def parse_request(self) -> bool:
+        # A request arrives when its request line is read: the OpenAI API counts a
+        # generation's time from here, before the body is read and parsed.
+        self.read_ns = time.perf_counter_ns()
+        return super().parse_request()
 
     def do_POST(self) -> None:
         url = urlparse(self.path)

@@ -177,6 +177,7 @@ class StreamCall:
         if not self.probes:
             return
         p = resp.parameters
+        p[breakdown.SENT_KEY].int64_param = time.perf_counter_ns()
         p[breakdown.TOKEN_INDEX_KEY].int64_param = event.index
         p[breakdown.OCCUPANCY_KEY].int64_param = event.occupancy
         p[breakdown.STEP_KEY].int64_param = event.step_ns

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
+from server.breakdown import SENT_KEY
 from server.errors import InvalidInput, ModelNotFound, ServingError, http_status
 from server.generation import (
     Event,
@@ -89,9 +90,10 @@ class _Call:
     body: dict[str, Any]
     id: str
     created: int
+    arrived_ns: int
 
 
-def _parse(body: dict[str, Any], chat: bool, engine: GenerationEngine) -> GenerationRequest:
+def _parse(body: dict[str, Any], chat: bool, engine: GenerationEngine, arrived_ns: int) -> GenerationRequest:
     if chat:
         prompt = chat_prompt(body.get("messages"))
     else:
@@ -106,7 +108,8 @@ def _parse(body: dict[str, Any], chat: bool, engine: GenerationEngine) -> Genera
     given = {k: body.get(k) for k in ("max_tokens", "temperature", "seed", "stop")}
     if given["max_tokens"] is None and chat:
         given["max_tokens"] = body.get("max_completion_tokens")
-    return GenerationRequest(prompt, **options_from(given, engine.default_max_tokens, engine.max_context))
+    opts = options_from(given, engine.default_max_tokens, engine.max_context)
+    return GenerationRequest(prompt, **opts, arrived_ns=arrived_ns)
 
 
 class OpenAIHandler:
@@ -140,7 +143,9 @@ class OpenAIHandler:
         try:
             if path not in ("/v1/completions", "/v1/chat/completions"):
                 raise ApiError(404, f"no route POST {path}; try /v1/completions or /v1/chat/completions")
-            call = _Call(path.endswith("chat/completions"), "", self._body(), "", int(time.time()))
+            # The request's arrival: when its request line was read (server/http.py).
+            arrived_ns = getattr(self.http, "read_ns", None) or time.perf_counter_ns()
+            call = _Call(path.endswith("chat/completions"), "", self._body(), "", int(time.time()), arrived_ns)
             self._serve(call)
         except ApiError as exc:
             self.send_json(exc.status, exc.body())
@@ -173,7 +178,7 @@ class OpenAIHandler:
         name = call.body["model"]
 
         def parse(engine: GenerationEngine) -> GenerationRequest:
-            return _parse(call.body, call.chat, engine)
+            return _parse(call.body, call.chat, engine, call.arrived_ns)
 
         future = asyncio.run_coroutine_threadsafe(self.core.plane.generate(name, "", parse, events), loop)
         try:
@@ -244,29 +249,26 @@ class OpenAIHandler:
         return {**self._head(call, kind), "choices": [choice]}
 
     def _stream(self, call: _Call, gen: Generation, relay: Relay) -> None:
-        first = self._next(gen, relay.events)  # errors before the first token get a status code
-        if isinstance(first, FinishEvent):
-            self._finish(first)
         h = self.http
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream")
-        h.send_header("Cache-Control", "no-cache")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
         fmt = _Events(self, call)
-        h.wfile.write(fmt.opening() + fmt.encode(first))
-        h.wfile.flush()
-        if isinstance(first, FinishEvent):
-            return
         sock, loop = h.connection, self.core.loop
         if loop is not None and not isinstance(sock, ssl.SSLSocket):
+            # Every event, the first included, is written from the loop as it comes:
+            # a hop to this thread would delay the first token by a thread's wake-up.
             timeout = sock.gettimeout()
             sock.setblocking(False)
-            writer = LoopWriter(loop, sock, fmt.encode, gen)
+            writer = LoopWriter(loop, sock, _Opening(self, fmt).encode, gen)
             loop.call_soon_threadsafe(relay.to_loop, writer.push)
             if not writer.wait(EVENT_TIMEOUT_S):
                 h.close_connection = True
             sock.settimeout(timeout)
+            return
+        first = self._next(gen, relay.events)  # errors before the first token get a status code
+        if isinstance(first, FinishEvent):
+            self._finish(first)
+        h.wfile.write(self._stream_head() + fmt.opening() + fmt.encode(first))
+        h.wfile.flush()
+        if isinstance(first, FinishEvent):
             return
         event: Event = first
         while not isinstance(event, FinishEvent):
@@ -275,12 +277,49 @@ class OpenAIHandler:
             h.wfile.flush()
 
 
+    def _stream_head(self) -> bytes:
+        h = self.http
+        return (f"HTTP/1.1 200 OK\r\nServer: {h.version_string()}\r\nDate: {h.date_time_string()}\r\n"
+                "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n").encode()  # fmt: skip
+
+    def error_response(self, exc: ApiError) -> bytes:
+        """A whole JSON error response, as `send_json` writes it."""
+        body = json.dumps(exc.body()).encode()
+        h = self.http
+        phrase = h.responses.get(exc.status, ("",))[0]
+        return (f"HTTP/1.1 {exc.status} {phrase}\r\nServer: {h.version_string()}\r\n"
+                f"Date: {h.date_time_string()}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+
+
+class _Opening:
+    """The encoder a LoopWriter sends a stream with: the first event decides the
+    response (a generation that failed before its first token is an error
+    response with its status code, as when the thread writes it); then the
+    stream's headers and events."""
+
+    def __init__(self, api: OpenAIHandler, fmt: _Events) -> None:
+        self.api, self.fmt = api, fmt
+        self.started = False
+
+    def encode(self, event: Event) -> bytes:
+        if self.started:
+            return self.fmt.encode(event)
+        self.started = True
+        if isinstance(event, FinishEvent) and event.error is not None:
+            err = event.error if isinstance(event.error, ServingError) else ServingError(str(event.error))
+            return self.api.error_response(_from_serving(err))
+        return self.api._stream_head() + self.fmt.opening() + self.fmt.encode(event)
+
+
 class _Events:
     """A stream's events as chunked SSE bytes: `data: {json}` per text, then the
     finish chunk, the usage chunk (stream_options.include_usage) and [DONE]."""
 
     def __init__(self, api: OpenAIHandler, call: _Call) -> None:
         self.api, self.call = api, call
+        self.stamp = api.core.plane.probes
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def opening(self) -> bytes:
@@ -290,7 +329,14 @@ class _Events:
         call = self.call
         if not isinstance(event, FinishEvent):
             text = self.decoder.decode(event.text)
-            return _frame(self.api._chunk(call, text, None)) if text else b""
+            if not text:
+                return b""
+            doc = self.api._chunk(call, text, None)
+            if self.stamp:
+                # The send's time (the chunk is sent as soon as it is made): a client can
+                # tell the server's gaps between tokens from the way's (loadtest.streaming).
+                doc[SENT_KEY] = time.perf_counter_ns()
+            return _frame(doc)
         if event.error is not None:
             out = _frame(_from_serving(ServingError(str(event.error))).body())
         else:

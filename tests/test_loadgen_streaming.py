@@ -62,6 +62,10 @@ def test_streams_are_measured_token_by_token(
     timed = [p for p in points if "ttft_p50_ms" in p]
     assert timed and all(p["ttft_p50_ms"] >= TTFT_MS and p["itl_p99_ms"] >= p["itl_p50_ms"] for p in timed), points
     assert (run.results / "charts" / "tokens-over-time.png").stat().st_size > 0
+    # Our server stamps each token's send: every gap is compared with the server's own.
+    added = st["itl_added_ms"]
+    assert added["count"] == st["itl_ms"]["count"] and 0 < added["p50"] < ITL_MS, added
+    assert "against the server's own" in report
     if protocol == "kserve-stream":  # our server's own split of a stream comes back in its parameters
         assert st["server_split_ms"]["ttft"] >= TTFT_MS and st["server_split_ms"]["decode"] > 0, st
         assert "The server's split (means)" in report

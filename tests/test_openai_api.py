@@ -3,12 +3,13 @@ against a real server serving tiny-lm and stream-sleep."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 import pytest
@@ -139,3 +140,51 @@ def test_many_streams_at_once(api: openai.OpenAI) -> None:
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(one, range(64)))
     assert results == [(9, "length")] * 64  # 8 tokens, then the chunk with the finish reason
+
+
+def test_token_chunks_carry_the_servers_send_time(api: openai.OpenAI) -> None:
+    # The unmodified client keeps the extra field; its gaps are stream-sleep's (itl_ms=2).
+    chunks = list(api.completions.create(model="stream-sleep", prompt="x", max_tokens=8, stream=True))
+    stamps = [(c.model_extra or {}).get("modelsoak_sent_ns") for c in chunks if c.choices and c.choices[0].text]
+    assert len(stamps) == 8 and all(isinstance(s, int) for s in stamps), chunks
+    stamps_ns = [int(s) for s in stamps if s is not None]
+    gaps_ms = sorted((b - a) / 1e6 for a, b in itertools.pairwise(stamps_ns))
+    assert all(g > 0 for g in gaps_ms) and 1.0 < gaps_ms[len(gaps_ms) // 2] < 5.0, gaps_ms
+    # The chunk that only carries the finish reason has no token, so no stamp.
+    assert "modelsoak_sent_ns" not in (chunks[-1].model_extra or {}), chunks[-1]
+
+
+class _FakeHttp:
+    """What an error response built on the loop reads of its connection's handler."""
+
+    responses: ClassVar[dict[int, tuple[str, str]]] = {429: ("Too Many Requests", "")}
+
+    def version_string(self) -> str:
+        return "modelsoak-test"
+
+    def date_time_string(self) -> str:
+        return "Mon, 07 Dec 2026 00:00:00 GMT"
+
+
+def test_a_stream_failing_before_its_first_token_is_an_error_response() -> None:
+    # Written on the loop (server/openai_api.py _Opening): a failure before any token
+    # is still a whole HTTP error response with its status code, not a broken stream.
+    from server.errors import QueueFull
+    from server.generation import FinishEvent, TokenEvent
+    from server.openai_api import OpenAIHandler, _Call, _Events, _Opening
+
+    handler = OpenAIHandler(_FakeHttp(), None)  # type: ignore[arg-type]
+    call = _Call(False, "m", {"model": "m"}, "cmpl-1", 0, 0)
+    handler.core = type("Core", (), {"plane": type("Plane", (), {"probes": False})()})()
+    refused = _Opening(handler, _Events(handler, call)).encode(
+        FinishEvent("error", 1, 0, 0, 0, 0, 0, QueueFull("queue full"))
+    )
+    head, _, body = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n") and b"Content-Length: %d" % len(body) in head
+    assert json.loads(body)["error"]["message"] == "queue full"
+    opening = _Opening(handler, _Events(handler, call))
+    first = opening.encode(TokenEvent(b" lorem", 0, 1, 0, 0))
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in first
+    assert b'"text": " lorem"' in first
+    later = opening.encode(TokenEvent(b" ipsum", 1, 1, 0, 0))
+    assert b"HTTP/1.1" not in later and b'"text": " ipsum"' in later
