@@ -28,6 +28,7 @@ import grpc
 from loadtest.protocols import GrpcError, SetupError, make_channel
 from loadtest.tls import ClientTls
 from loadtest.workload import Prompt
+from server.breakdown import SENT_KEY  # a token's send time: a KServe parameter, an OpenAI chunk's field
 from server.proto import grpc_service_pb2 as pb
 from server.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -40,9 +41,6 @@ _SERVER_SPLIT = (
     "modelsoak_ttft_ns",
     "modelsoak_server_total_ns",
 )
-# Our server's stamp of a token's send (its monotonic clock, ns), on each token's
-# response (a KServe parameter, a field of an OpenAI chunk) while its probes are on.
-SENT_KEY = "modelsoak_sent_ns"
 # An OpenAI-compatible server's HTTP errors as the gRPC status names failures are grouped by.
 HTTP_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE",
                504: "DEADLINE_EXCEEDED"}  # fmt: skip

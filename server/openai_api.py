@@ -277,20 +277,23 @@ class OpenAIHandler:
             h.wfile.flush()
 
 
-    def _stream_head(self) -> bytes:
+    def _response_head(self, status: int, fields: str) -> bytes:
+        """A response's status line and headers, as `send_response` writes them (for the loop)."""
         h = self.http
-        return (f"HTTP/1.1 200 OK\r\nServer: {h.version_string()}\r\nDate: {h.date_time_string()}\r\n"
-                "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                "Transfer-Encoding: chunked\r\n\r\n").encode()  # fmt: skip
+        phrase = h.responses.get(status, ("",))[0]
+        return (f"HTTP/1.1 {status} {phrase}\r\nServer: {h.version_string()}\r\n"
+                f"Date: {h.date_time_string()}\r\n{fields}\r\n").encode()  # fmt: skip
+
+    def _stream_head(self) -> bytes:
+        return self._response_head(
+            200, "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n"
+        )
 
     def error_response(self, exc: ApiError) -> bytes:
         """A whole JSON error response, as `send_json` writes it."""
         body = json.dumps(exc.body()).encode()
-        h = self.http
-        phrase = h.responses.get(exc.status, ("",))[0]
-        return (f"HTTP/1.1 {exc.status} {phrase}\r\nServer: {h.version_string()}\r\n"
-                f"Date: {h.date_time_string()}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+        fields = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        return self._response_head(exc.status, fields) + body
 
 
 class _Opening:

@@ -157,7 +157,7 @@ def test_token_chunks_carry_the_servers_send_time(api: openai.OpenAI) -> None:
 class _FakeHttp:
     """What an error response built on the loop reads of its connection's handler."""
 
-    responses: ClassVar[dict[int, tuple[str, str]]] = {429: ("Too Many Requests", "")}
+    responses: ClassVar[dict[int, tuple[str, str]]] = {200: ("OK", ""), 429: ("Too Many Requests", "")}
 
     def version_string(self) -> str:
         return "modelsoak-test"

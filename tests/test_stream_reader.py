@@ -79,7 +79,8 @@ class Server:
                          + b"0\r\n\r\n")  # fmt: skip
             return path != "/close-after"  # then closed while idle, as a server's keep-alive timeout does
         if path == "/late":
-            # The first token 20 ms after the request, the second 300 ms after it.
+            # The first token 20 ms after the request, the second 300 ms after it: these
+            # sleeps are the server's timing the test measures, not waits for an event.
             t0 = time.monotonic()
             conn.sendall(ok)
             time.sleep(0.02)
@@ -150,7 +151,7 @@ def test_token_times_are_the_kernels_not_the_loops(server: Server) -> None:
         pool = HttpPool("127.0.0.1", server.port)
         await openai_stream(pool, "/v1/completions", BODY, 10)  # connected before the clock starts
         loop = asyncio.get_running_loop()
-        loop.call_later(0.005, time.sleep, 0.15)
+        loop.call_later(0.005, time.sleep, 0.15)  # the stall under test: the loop blocked, not a wait
         out = await openai_stream(pool, "/late", BODY, 10)
         pool.close()
         return out
